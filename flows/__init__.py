@@ -1,0 +1,1 @@
+"""Prefect flows: they only compose tasks; all logic lives in the tr111 core package."""

@@ -1,0 +1,72 @@
+"""``tr111-run``: one run as its own DAG of five tasks in the Prefect UI."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+from prefect import flow
+
+from tasks.stages import ingest, llm_call, record, restart_ollama
+from tr111 import pipeline
+from tr111.errors import TerminalError, Tr111Error
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    key = flow_run.parameters.get("key")
+    return getattr(key, "name", "run")
+
+
+@flow(name="tr111-run", flow_run_name=_run_name, validate_parameters=False, persist_result=False)
+def tr111_run(plan: pipeline.SweepPlan, key: pipeline.RunKey, retries: int = 3,
+              backoff_s: float = 1.0) -> dict:
+    """restart -> ingest -> analysis-call -> report-call -> record; returns the run row."""
+    delays = [backoff_s * 2 ** i for i in range(max(retries, 1))]
+    restart_task = restart_ollama.with_options(retries=retries, retry_delay_seconds=delays)
+    call_task = llm_call.with_options(retries=retries, retry_delay_seconds=delays)
+    started_at = datetime.now(UTC)
+    t0 = time.perf_counter_ns()
+    token = uuid.uuid4().hex
+    restart = ingest_ms = fingerprint = state = None
+    calls: dict = {}
+    attempts: dict = {}
+    problems: list[dict] = []
+    error = None
+    try:
+        state = restart_task(plan, key, return_state=True)
+        restart = state.result()
+        t_ingest = time.perf_counter_ns()
+        state = ingest(str(plan.corpus_dir), token, wait_for=[state], return_state=True)
+        ingested = state.result()
+        cached = ingested["run_token"] != token
+        ingest_ms = pipeline.elapsed_ms(t_ingest) if cached else ingested["ingest_ms"]
+        summary = ingested["summary"]
+        fingerprint = summary.fingerprint
+        problems = [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in summary.problems]
+        source = summary.to_prompt_text()
+        for stage in pipeline.STAGES:
+            state = call_task.with_options(name=f"{stage}-call")(
+                plan, key, stage, source, wait_for=[state], return_state=True)
+            out = state.result()
+            calls[stage], attempts[stage] = out["call"], out["attempt"]
+            source = out["call"].response
+    except TerminalError:
+        raise
+    except Tr111Error as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    status = "ok" if error is None else "error"
+    first_after_restart = bool(restart and restart.performed)
+    rows = []
+    for i, (stage, call) in enumerate(calls.items()):
+        rows.append(pipeline.call_row(plan, key, stage, attempts[stage], call,
+                                      first_after_restart=first_after_restart and i == 0))
+    total_ms = pipeline.elapsed_ms(t0)
+    run = pipeline.run_row(plan, key, status=status, started_at=started_at, restart=restart,
+                           ingest_ms=ingest_ms, calls=calls, total_ms=total_ms,
+                           fingerprint=fingerprint, error=error,
+                           cold=rows[0]["is_cold"] if rows else None)
+    record(plan, run, rows, problems, wait_for=[state] if state is not None and status == "ok" else None)
+    return run

@@ -1,0 +1,150 @@
+"""The ``tr111`` command. Imports stay lazy: ``tr111 --help`` must not load Prefect."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tr111", description=(
+        "Benchmark a local LLM server speaking the Ollama API (or tr111's embedded engine): "
+        "Prefect sweeps into a DuckDB warehouse, and the technical report."))
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sweep = sub.add_parser("sweep", help="run a sweep (tr111-sweep), then render its report")
+    sweep.add_argument("--matrix", default="sweeps/quick.yaml", help="sweep matrix YAML")
+    sweep.add_argument("--ollama-url", help="server URL (default: OLLAMA_HOST or 127.0.0.1:11434)")
+    sweep.add_argument("--engine", choices=["auto", "ollama", "embedded"],
+                       help="auto: Ollama if it answers, else the embedded engine")
+    sweep.add_argument("--model", help="override the matrix's model")
+    sweep.add_argument("--corpus", help="benchmark files to ingest (default: corpus/sample)")
+    sweep.add_argument("--warehouse", help="DuckDB file (default: warehouse/tr111.duckdb)")
+    sweep.add_argument("--out", help="report folder (default: reports)")
+    sweep.add_argument("--runs", type=int, help="override runs per config")
+    sweep.add_argument("--restart", choices=["none", "unload", "command", "embedded"],
+                       help="how to restart the server before a config's runs")
+    sweep.add_argument("--sweep-id", help="resume (or name) a sweep")
+    sweep.add_argument("--no-report", action="store_true", help="skip tr111-report")
+
+    report = sub.add_parser("report", help="render the technical report of a sweep")
+    report.add_argument("--sweep", default="latest", help="sweep id or 'latest'")
+    report.add_argument("--warehouse")
+    report.add_argument("--out")
+
+    query = sub.add_parser("query", help="run read-only SQL against the warehouse")
+    query.add_argument("sql")
+    query.add_argument("--warehouse")
+
+    engine = sub.add_parser("engine", help="the embedded Ollama-API engine")
+    engine.add_argument("action", choices=["serve"])
+    engine.add_argument("args", nargs=argparse.REMAINDER,
+                        help="options of 'serve' (--host, --port, --model NAME=PATH, --threads)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tr111.errors import ConfigError, TerminalError, Tr111Error
+
+    try:
+        if args.command == "engine":
+            from tr111.engine.cli import main as engine_main
+
+            return engine_main([args.action, *args.args])
+        if args.command == "query":
+            return cmd_query(args)
+        if args.command == "report":
+            return cmd_report(args)
+        return cmd_sweep(args)
+    except ConfigError as exc:
+        print(f"tr111: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TerminalError as exc:
+        print(f"tr111: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Tr111Error as exc:
+        print(f"tr111: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("tr111: interrupted; rerun with the same --sweep-id to resume", file=sys.stderr)
+        return 130
+
+
+def cmd_report(args) -> int:
+    from tr111.report.context import build_context
+    from tr111.report.render import write_report
+    from tr111.settings import Settings
+    from warehouse import open_read_only
+    from warehouse.reader import resolve_sweep_id
+
+    settings = Settings.build(warehouse_path=args.warehouse, out_dir=args.out)
+    with open_read_only(settings.warehouse_path) as con:
+        sweep_id = resolve_sweep_id(con, args.sweep)
+        ctx = build_context(con, sweep_id)
+    path = write_report(ctx, Path(settings.out_dir), Path(settings.templates_dir))
+    print(path)
+    return EXIT_OK
+
+
+def cmd_query(args) -> int:
+    import duckdb
+
+    from tr111.errors import ConfigError
+    from tr111.settings import Settings
+    from warehouse import open_read_only
+
+    settings = Settings.build(warehouse_path=args.warehouse)
+    with open_read_only(settings.warehouse_path) as con:
+        try:
+            cur = con.execute(args.sql)
+        except duckdb.Error as exc:
+            raise ConfigError(f"query failed: {str(exc).splitlines()[0]}") from None
+        if cur.description is None:
+            return EXIT_OK
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*names, show_lines=False)
+    for row in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    Console(width=max(120, os.get_terminal_size(0).columns if sys.stdout.isatty() else 200)).print(table)
+    return EXIT_OK
+
+
+def cmd_sweep(args) -> int:
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from tr111.cli_progress import progress_display
+    from tr111.matrix import load_matrix, validate_id
+
+    load_matrix(args.matrix, model=args.model, runs=args.runs)  # bad input: fail before Prefect
+    if args.sweep_id:
+        validate_id(args.sweep_id, "sweep id")
+    from flows.sweep import tr111_sweep
+
+    with progress_display():
+        result = tr111_sweep(matrix=args.matrix, sweep_id=args.sweep_id, ollama_url=args.ollama_url,
+                             engine=args.engine, model=args.model, runs=args.runs,
+                             restart=args.restart, corpus=args.corpus, warehouse=args.warehouse,
+                             out=args.out, report=not args.no_report)
+    print(f"sweep id: {result['sweep_id']}")
+    print(f"status: {result['status']}")
+    if result.get("failed_runs"):
+        print(f"failed runs: {', '.join(result['failed_runs'])}")
+    if result.get("report"):
+        print(f"report: {result['report']}")
+    return EXIT_OK if result["status"] == "completed" else EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""A rich progress bar fed by tr111.progress events (the flow knows nothing of it)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from tr111 import progress
+
+
+@contextmanager
+def progress_display() -> Iterator[None]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(file=sys.stderr)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=console, transient=False)
+    state: dict = {}
+
+    def on_event(event: str, data: dict) -> None:
+        if event == "server":
+            console.print(f"server: {data['kind']} {data['version']} at {data['url']}"
+                          + (f" (model file {data['model_file']})" if data.get("model_file") else ""))
+        elif event == "start":
+            state["task"] = bar.add_task(f"sweep {data['sweep_id']}", total=data["total"],
+                                         completed=data["done"])
+            bar.start()
+        elif event == "run" and "task" in state:
+            bar.update(state["task"], advance=1, description=f"{data['name']}: {data['status']}")
+
+    unsubscribe = progress.subscribe(on_event)
+    try:
+        yield
+    finally:
+        unsubscribe()
+        bar.stop()

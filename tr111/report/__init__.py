@@ -1,0 +1,1 @@
+"""The technical report: a context built from warehouse rows, rendered by Jinja."""

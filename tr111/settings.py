@@ -1,0 +1,128 @@
+"""Run-time settings: built when a command runs, never at import.
+
+Precedence: explicit overrides (CLI flags) > environment (``TR111_*``,
+``OLLAMA_HOST``) > defaults. Validated by pydantic with ``extra="forbid"``
+so a typo is an error, not a silently ignored knob.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tr111.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OLLAMA_PORT = 11434
+
+RestartStrategy = Literal["none", "unload", "command", "embedded"]
+EngineChoice = Literal["auto", "ollama", "embedded"]
+
+
+def ollama_url_from_host(value: str | None) -> str:
+    """Turn an ``OLLAMA_HOST`` value into a base URL the way Ollama's client does.
+
+    Accepts ``host``, ``host:port``, ``:port``, ``scheme://host[:port][/path]``;
+    the port defaults to 11434 without a scheme, 80/443 with http/https.
+    """
+    raw = (value or "").strip()
+    scheme, sep, hostport = raw.partition("://")
+    default_port = DEFAULT_OLLAMA_PORT
+    if not sep:
+        scheme, hostport = "http", raw
+    elif scheme == "http":
+        default_port = 80
+    elif scheme == "https":
+        default_port = 443
+    hostport, _, path = hostport.partition("/")
+    parts = urlsplit(f"//{hostport}")
+    try:
+        port = parts.port
+    except ValueError:
+        host, port = "127.0.0.1", default_port
+    else:
+        host = parts.hostname or "127.0.0.1"
+        if port is None:
+            port = default_port
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    url = f"{scheme}://{host}:{port}"
+    return f"{url}/{path}".rstrip("/") if path else url
+
+
+class Settings(BaseModel):
+    """Everything a sweep or report needs that is not the sweep matrix itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ollama_url: str = Field(default_factory=lambda: ollama_url_from_host(None))
+    engine: EngineChoice = "auto"
+    warehouse_path: Path = Path("warehouse/tr111.duckdb")
+    out_dir: Path = Path("reports")
+    corpus_dir: Path = REPO_ROOT / "corpus" / "sample"
+    templates_dir: Path = REPO_ROOT / "templates"
+    # HTTP timeouts (seconds): connect, per-read, and a whole-call deadline.
+    connect_timeout_s: float = Field(5.0, gt=0, le=600)
+    read_timeout_s: float = Field(120.0, gt=0, le=3600)
+    call_timeout_s: float = Field(900.0, gt=0, le=86400)
+    # Retries of transient faults, with exponential backoff.
+    retries: int = Field(3, ge=0, le=20)
+    retry_backoff_s: float = Field(1.0, ge=0, le=600)
+    restart_strategy: RestartStrategy | None = None  # None: the matrix / engine default
+    restart_command: list[str] = Field(default_factory=list)
+    restart_timeout_s: float = Field(60.0, gt=0, le=3600)
+    regression_threshold_pct: float = Field(5.0, gt=0, le=1000)
+    engine_threads: int | None = Field(None, ge=1, le=1024)
+    gpu_telemetry: bool = True
+
+    @field_validator("ollama_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str) -> str:
+        if "://" not in value:
+            return ollama_url_from_host(value)
+        return value.rstrip("/")
+
+    @field_validator("restart_command")
+    @classmethod
+    def _argv_not_shell(cls, value: list[str]) -> list[str]:
+        if value and any(not isinstance(a, str) or a == "" for a in value):
+            raise ValueError("restart_command must be a list of non-empty argv strings")
+        return value
+
+    @classmethod
+    def build(cls, **overrides: object) -> "Settings":
+        """Settings from the environment plus explicit overrides (None means unset)."""
+        values: dict[str, object] = {}
+        env = os.environ
+        if env.get("OLLAMA_HOST"):
+            values["ollama_url"] = ollama_url_from_host(env["OLLAMA_HOST"])
+        for name in cls.model_fields:
+            key = f"TR111_{name.upper()}"
+            if key in env:
+                values[name] = _parse_env(name, env[key])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid settings: {_first_error(exc)}") from None
+
+
+def _parse_env(name: str, raw: str) -> object:
+    if name == "restart_command":
+        import json
+
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConfigError("TR111_RESTART_COMMAND must be a JSON list of argv strings") from None
+    return raw
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "value"
+    return f"{where}: {err.get('msg', 'invalid')}"

@@ -1,0 +1,100 @@
+"""Schema as an ordered list of migration functions (after simonw/llm's migrations.py).
+
+Each function runs once, in order, inside a transaction, and is recorded in
+``_migrations``. Never edit a shipped migration: append a new one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Callable
+
+import duckdb
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply pending migrations; returns the names applied now."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            fn(con)
+            con.execute("INSERT INTO _migrations VALUES (?, ?)", [fn.__name__, datetime.now(UTC)])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(fn.__name__)
+    return applied
+
+
+@migration
+def m001_core_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE sweeps (
+            sweep_id VARCHAR PRIMARY KEY, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+            status VARCHAR, model VARCHAR, ollama_url VARCHAR, server_version VARCHAR,
+            matrix_json VARCHAR, host VARCHAR, engine VARCHAR, engine_model_file VARCHAR,
+            tr111_version VARCHAR, environment_json VARCHAR, cache_bust BOOLEAN, warmup BOOLEAN,
+            corpus_dir VARCHAR, note VARCHAR)""")
+    con.execute("""
+        CREATE TABLE configs (
+            sweep_id VARCHAR, config_id VARCHAR, num_gpu INTEGER, num_ctx INTEGER,
+            temperature DOUBLE, options_json VARCHAR, is_baseline BOOLEAN,
+            show_json VARCHAR, ps_json VARCHAR, size_vram BIGINT, context_length INTEGER,
+            position INTEGER, PRIMARY KEY (sweep_id, config_id))""")
+    con.execute("""
+        CREATE TABLE runs (
+            sweep_id VARCHAR, config_id VARCHAR, run_number INTEGER, status VARCHAR,
+            cold BOOLEAN, restart_ms DOUBLE, ingest_ms DOUBLE, analysis_ms DOUBLE,
+            report_ms DOUBLE, total_ms DOUBLE, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+            run_attempt INTEGER, restart_strategy VARCHAR, error VARCHAR,
+            corpus_fingerprint VARCHAR, record_ms DOUBLE,
+            PRIMARY KEY (sweep_id, config_id, run_number))""")
+    con.execute("""
+        CREATE TABLE llm_calls (
+            sweep_id VARCHAR, config_id VARCHAR, run_number INTEGER, stage VARCHAR,
+            attempt INTEGER, run_attempt INTEGER, status VARCHAR, error VARCHAR, model VARCHAR,
+            options_json VARCHAR, prompt VARCHAR, response VARCHAR, ttft_ms DOUBLE,
+            wall_ms DOUBLE, load_duration_ms DOUBLE, prompt_eval_count INTEGER,
+            prompt_eval_duration_ms DOUBLE, eval_count INTEGER, eval_duration_ms DOUBLE,
+            total_duration_ms DOUBLE, throughput_tps DOUBLE, done_reason VARCHAR,
+            started_at TIMESTAMPTZ, chunks INTEGER, is_cold BOOLEAN, cold_reason VARCHAR,
+            truncated BOOLEAN, truncation_reason VARCHAR,
+            PRIMARY KEY (sweep_id, config_id, run_number, stage, attempt))""")
+    con.execute("""
+        CREATE TABLE ingest_problems (
+            sweep_id VARCHAR, corpus_fingerprint VARCHAR, path VARCHAR, kind VARCHAR,
+            detail VARCHAR, PRIMARY KEY (sweep_id, path, kind))""")
+    # Statistics use the successful analysis/report calls of each run's latest execution.
+    con.execute("""
+        CREATE VIEW stat_calls AS
+        SELECT c.* FROM llm_calls c
+        JOIN runs r USING (sweep_id, config_id, run_number)
+        WHERE c.status = 'ok' AND c.stage IN ('analysis', 'report')
+          AND c.run_attempt = r.run_attempt""")
+    con.execute("""
+        CREATE VIEW config_summary AS
+        SELECT sweep_id, config_id,
+               count(*) AS calls,
+               avg(throughput_tps) AS avg_throughput_tps,
+               stddev_samp(throughput_tps) AS stddev_throughput_tps,
+               stddev_samp(throughput_tps) / avg(throughput_tps) * 100 AS cv_throughput_pct,
+               avg(ttft_ms) AS avg_ttft_ms,
+               stddev_samp(ttft_ms) AS stddev_ttft_ms,
+               stddev_samp(ttft_ms) / avg(ttft_ms) * 100 AS cv_ttft_pct,
+               sum(eval_count) AS total_tokens
+        FROM stat_calls
+        GROUP BY sweep_id, config_id""")

@@ -1,0 +1,52 @@
+"""Read-side queries shared by the sweep (resume), the report and the CLI."""
+
+from __future__ import annotations
+
+import duckdb
+
+from tr111.errors import ConfigError
+
+
+def finished_runs(con: duckdb.DuckDBPyConnection, sweep_id: str) -> set[tuple[str, int]]:
+    """(config_id, run_number) of the runs that succeeded: a resume skips them."""
+    rows = con.execute("SELECT config_id, run_number FROM runs WHERE sweep_id = ? AND status = 'ok'",
+                       [sweep_id]).fetchall()
+    return {(c, int(r)) for c, r in rows}
+
+
+def attempt_counters(con: duckdb.DuckDBPyConnection, sweep_id: str) -> tuple[dict, dict]:
+    """Highest call attempt per (config, run, stage) and run attempt per (config, run)."""
+    calls = con.execute(
+        "SELECT config_id, run_number, stage, max(attempt) FROM llm_calls WHERE sweep_id = ? "
+        "GROUP BY ALL", [sweep_id]).fetchall()
+    runs = con.execute(
+        "SELECT config_id, run_number, max(run_attempt) FROM ("
+        " SELECT config_id, run_number, run_attempt FROM runs WHERE sweep_id = ?"
+        " UNION ALL SELECT config_id, run_number, run_attempt FROM llm_calls WHERE sweep_id = ?"
+        ") GROUP BY ALL", [sweep_id, sweep_id]).fetchall()
+    return ({(c, int(r), s): int(a) for c, r, s, a in calls},
+            {(c, int(r)): int(a or 0) for c, r, a in runs})
+
+
+def resolve_sweep_id(con: duckdb.DuckDBPyConnection, sweep: str | None) -> str:
+    """``latest`` (or None) -> the most recently started sweep; else check it exists."""
+    if sweep in (None, "", "latest"):
+        row = con.execute("SELECT sweep_id FROM sweeps ORDER BY started_at DESC LIMIT 1").fetchone()
+        if row is None:
+            raise ConfigError("the warehouse holds no sweep yet")
+        return row[0]
+    if con.execute("SELECT 1 FROM sweeps WHERE sweep_id = ?", [sweep]).fetchone() is None:
+        raise ConfigError(f"no sweep {sweep!r} in the warehouse")
+    return sweep
+
+
+def sweep_row(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict:
+    cur = con.execute("SELECT * FROM sweeps WHERE sweep_id = ?", [sweep_id])
+    names = [d[0] for d in cur.description]
+    return dict(zip(names, cur.fetchone()))
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
+    cur = con.execute(sql, params or [])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]

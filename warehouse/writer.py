@@ -1,0 +1,132 @@
+"""Every write tr111 makes: one short transaction per call, rows sent through pyarrow."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from warehouse.connection import connect
+
+TS = pa.timestamp("us", tz="UTC")
+S, F, I, B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "sweeps": pa.schema([
+        ("sweep_id", S), ("started_at", TS), ("finished_at", TS), ("status", S), ("model", S),
+        ("ollama_url", S), ("server_version", S), ("matrix_json", S), ("host", S), ("engine", S),
+        ("engine_model_file", S), ("tr111_version", S), ("environment_json", S),
+        ("cache_bust", B), ("warmup", B), ("corpus_dir", S), ("note", S)]),
+    "configs": pa.schema([
+        ("sweep_id", S), ("config_id", S), ("num_gpu", I), ("num_ctx", I), ("temperature", F),
+        ("options_json", S), ("is_baseline", B), ("show_json", S), ("ps_json", S),
+        ("size_vram", I), ("context_length", I), ("position", I)]),
+    "runs": pa.schema([
+        ("sweep_id", S), ("config_id", S), ("run_number", I), ("status", S), ("cold", B),
+        ("restart_ms", F), ("ingest_ms", F), ("analysis_ms", F), ("report_ms", F), ("total_ms", F),
+        ("started_at", TS), ("finished_at", TS), ("run_attempt", I), ("restart_strategy", S),
+        ("error", S), ("corpus_fingerprint", S), ("record_ms", F)]),
+    "llm_calls": pa.schema([
+        ("sweep_id", S), ("config_id", S), ("run_number", I), ("stage", S), ("attempt", I),
+        ("run_attempt", I), ("status", S), ("error", S), ("model", S), ("options_json", S),
+        ("prompt", S), ("response", S), ("ttft_ms", F), ("wall_ms", F), ("load_duration_ms", F),
+        ("prompt_eval_count", I), ("prompt_eval_duration_ms", F), ("eval_count", I),
+        ("eval_duration_ms", F), ("total_duration_ms", F), ("throughput_tps", F),
+        ("done_reason", S), ("started_at", TS), ("chunks", I), ("is_cold", B), ("cold_reason", S),
+        ("truncated", B), ("truncation_reason", S)]),
+    "ingest_problems": pa.schema([
+        ("sweep_id", S), ("corpus_fingerprint", S), ("path", S), ("kind", S), ("detail", S)]),
+}
+
+
+def to_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+def arrow_table(table: str, rows: Iterable[dict]) -> pa.Table:
+    """Rows -> an Arrow table of the table's schema; unknown keys are an error."""
+    schema = SCHEMAS[table]
+    rows = list(rows)
+    for row in rows:
+        extra = set(row) - set(schema.names)
+        if extra:
+            raise KeyError(f"{table}: unknown columns {sorted(extra)}")
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.table(columns, schema=schema)
+
+
+def _insert(con, table: str, rows: list[dict], *, replace: bool = False,
+            ignore: bool = False) -> None:
+    if not rows:
+        return
+    batch = arrow_table(table, rows)
+    verb = "INSERT OR REPLACE INTO" if replace else "INSERT OR IGNORE INTO" if ignore else "INSERT INTO"
+    con.register("_batch", batch)
+    try:
+        con.execute(f"{verb} {table} BY NAME SELECT * FROM _batch")
+    finally:
+        con.unregister("_batch")
+
+
+def _transaction(path: Path, work) -> None:
+    with connect(path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            work(con)
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+
+
+def start_sweep(path: Path, sweep: dict, configs: list[dict]) -> None:
+    """Insert (or, on resume, refresh) the sweep row and its configs."""
+    def work(con):
+        exists = con.execute("SELECT started_at FROM sweeps WHERE sweep_id = ?",
+                             [sweep["sweep_id"]]).fetchone()
+        row = dict(sweep)
+        if exists:
+            row["started_at"] = exists[0]
+        _insert(con, "sweeps", [row], replace=True)
+        _insert(con, "configs", configs, ignore=True)  # keep /api/ps info from earlier runs
+    _transaction(Path(path), work)
+
+
+def finish_sweep(path: Path, sweep_id: str, status: str, note: str | None = None) -> None:
+    def work(con):
+        con.execute("UPDATE sweeps SET status = ?, finished_at = ?, note = ? WHERE sweep_id = ?",
+                    [status, datetime.now(UTC), note, sweep_id])
+    _transaction(Path(path), work)
+
+
+def update_config_server_info(path: Path, sweep_id: str, config_id: str, *, show: dict | None,
+                              ps: dict | None) -> None:
+    """What the server says about the model as loaded for this config (/api/show, /api/ps)."""
+    def work(con):
+        con.execute(
+            "UPDATE configs SET show_json = ?, ps_json = ?, size_vram = ?, context_length = ? "
+            "WHERE sweep_id = ? AND config_id = ?",
+            [to_json(show), to_json(ps), (ps or {}).get("size_vram"),
+             (ps or {}).get("context_length"), sweep_id, config_id])
+    _transaction(Path(path), work)
+
+
+def record_call_attempt(path: Path, row: dict) -> None:
+    """A failed attempt is written at once, so a crash later cannot lose it."""
+    _transaction(Path(path), lambda con: _insert(con, "llm_calls", [row]))
+
+
+def record_run(path: Path, run: dict, calls: list[dict]) -> None:
+    """A finished run and its successful calls, atomically: all or nothing."""
+    def work(con):
+        _insert(con, "llm_calls", calls, replace=True)
+        _insert(con, "runs", [run], replace=True)
+    _transaction(Path(path), work)
+
+
+def record_ingest_problems(path: Path, sweep_id: str, fingerprint: str, problems: list[dict]) -> None:
+    rows = [{"sweep_id": sweep_id, "corpus_fingerprint": fingerprint, **p} for p in problems]
+    _transaction(Path(path), lambda con: _insert(con, "ingest_problems", rows, replace=True))
