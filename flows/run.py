@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 from prefect import flow
+from prefect.utilities.annotations import quote
 
 from tasks.stages import ingest, llm_call, record, restart_ollama
 from tr111 import pipeline
@@ -36,7 +37,7 @@ def tr111_run(plan: pipeline.SweepPlan, key: pipeline.RunKey, retries: int = 3,
     problems: list[dict] = []
     error = None
     try:
-        state = restart_task(plan, key, return_state=True)
+        state = restart_task(quote(plan), quote(key), return_state=True)
         restart = state.result()
         t_ingest = time.perf_counter_ns()
         state = ingest(str(plan.corpus_dir), token, wait_for=[state], return_state=True)
@@ -49,7 +50,7 @@ def tr111_run(plan: pipeline.SweepPlan, key: pipeline.RunKey, retries: int = 3,
         source = summary.to_prompt_text()
         for stage in pipeline.STAGES:
             state = call_task.with_options(name=f"{stage}-call")(
-                plan, key, stage, source, wait_for=[state], return_state=True)
+                quote(plan), quote(key), stage, quote(source), wait_for=[state], return_state=True)
             out = state.result()
             calls[stage], attempts[stage] = out["call"], out["attempt"]
             source = out["call"].response
@@ -68,5 +69,5 @@ def tr111_run(plan: pipeline.SweepPlan, key: pipeline.RunKey, retries: int = 3,
                            ingest_ms=ingest_ms, calls=calls, total_ms=total_ms,
                            fingerprint=fingerprint, error=error,
                            cold=rows[0]["is_cold"] if rows else None)
-    record(plan, run, rows, problems, wait_for=[state] if state is not None and status == "ok" else None)
+    record(quote(plan), quote(run), quote(rows), quote(problems), wait_for=[state] if state is not None and status == "ok" else None)
     return run

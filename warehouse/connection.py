@@ -20,6 +20,12 @@ from tr111.errors import ConfigError, TransientError
 _MIGRATED: set[str] = set()
 
 
+def first(cursor: duckdb.DuckDBPyConnection) -> tuple | None:
+    """The first row, with the result consumed (DuckDB 2 refuses new work on an open result)."""
+    found = cursor.fetchall()
+    return found[0] if found else None
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text or "conflicting" in text or "being used by another process" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from tr111.errors import ConfigError
+from warehouse.connection import first
 
 
 def finished_runs(con: duckdb.DuckDBPyConnection, sweep_id: str) -> set[tuple[str, int]]:
@@ -31,11 +32,11 @@ def attempt_counters(con: duckdb.DuckDBPyConnection, sweep_id: str) -> tuple[dic
 def resolve_sweep_id(con: duckdb.DuckDBPyConnection, sweep: str | None) -> str:
     """``latest`` (or None) -> the most recently started sweep; else check it exists."""
     if sweep in (None, "", "latest"):
-        row = con.execute("SELECT sweep_id FROM sweeps ORDER BY started_at DESC LIMIT 1").fetchone()
+        row = first(con.execute("SELECT sweep_id FROM sweeps ORDER BY started_at DESC LIMIT 1"))
         if row is None:
             raise ConfigError("the warehouse holds no sweep yet")
         return row[0]
-    if con.execute("SELECT 1 FROM sweeps WHERE sweep_id = ?", [sweep]).fetchone() is None:
+    if first(con.execute("SELECT 1 FROM sweeps WHERE sweep_id = ?", [sweep])) is None:
         raise ConfigError(f"no sweep {sweep!r} in the warehouse")
     return sweep
 
@@ -43,7 +44,7 @@ def resolve_sweep_id(con: duckdb.DuckDBPyConnection, sweep: str | None) -> str:
 def sweep_row(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict:
     cur = con.execute("SELECT * FROM sweeps WHERE sweep_id = ?", [sweep_id])
     names = [d[0] for d in cur.description]
-    return dict(zip(names, cur.fetchone()))
+    return dict(zip(names, first(cur)))
 
 
 def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Iterable
 
+import duckdb
 import pyarrow as pa
 
-from warehouse.connection import connect
+from warehouse.connection import connect, first
 
 TS = pa.timestamp("us", tz="UTC")
 S, F, I, B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
@@ -68,7 +69,10 @@ def _insert(con, table: str, rows: list[dict], *, replace: bool = False,
     try:
         con.execute(f"{verb} {table} BY NAME SELECT * FROM _batch")
     finally:
-        con.unregister("_batch")
+        try:
+            con.unregister("_batch")
+        except duckdb.Error:  # an aborted transaction refuses even this; rollback follows
+            pass
 
 
 def _transaction(path: Path, work) -> None:
@@ -85,8 +89,8 @@ def _transaction(path: Path, work) -> None:
 def start_sweep(path: Path, sweep: dict, configs: list[dict]) -> None:
     """Insert (or, on resume, refresh) the sweep row and its configs."""
     def work(con):
-        exists = con.execute("SELECT started_at FROM sweeps WHERE sweep_id = ?",
-                             [sweep["sweep_id"]]).fetchone()
+        exists = first(con.execute("SELECT started_at FROM sweeps WHERE sweep_id = ?",
+                                   [sweep["sweep_id"]]))
         row = dict(sweep)
         if exists:
             row["started_at"] = exists[0]

@@ -1,0 +1,55 @@
+"""Shared fixtures: a real fake-Ollama HTTP server, a temp warehouse, a Prefect test harness."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# Prefect reads its settings at import: point PREFECT_HOME at a temp folder before any import.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="tr111-prefect-home-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("OLLAMA_HOST", None)
+
+
+@pytest.fixture
+def fake_ollama():
+    from tr111.testing.fake_ollama import FakeOllama, FakeTimings
+
+    with FakeOllama(FakeTimings(load_ms=20, token_ms=1.0, tokens=12)) as fake:
+        yield fake
+
+
+@pytest.fixture
+def warehouse_path(tmp_path) -> Path:
+    return tmp_path / "wh.duckdb"
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """A small generated corpus (the shipped sample corpus is tested by the ingest tests)."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("corpus")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "generate_corpus.py"), "--out", str(out),
+                    "--files", "12", "--seed", "7"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """A throw-away Prefect API (prefect_test_harness) with PREFECT_HOME in a temp folder."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield Path(_PREFECT_HOME)

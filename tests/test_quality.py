@@ -1,0 +1,166 @@
+"""Quality scores on hand-written responses with known properties."""
+
+from __future__ import annotations
+
+import pytest
+
+from tr111.quality import (
+    QualityScore,
+    compare_quality,
+    extract_numbers,
+    find_sections,
+    is_grounded,
+    numeric_grounding,
+    quality_below_baseline,
+    repetition_ratio,
+    score_report,
+    SourceNumbers,
+)
+
+SOURCE = """Benchmark data summary
+files: 101 (csv 28, json 44, md 29)
+config gpu60_ctx256_temp0p6: throughput_tps mean 114.53, ttft_ms mean 1346.82, cv 2.1%
+config gpu80_ctx1024_temp0p6: throughput_tps mean 114.98, ttft_ms mean 1310.19
+tokens_per_second range 77.62 - 187.18, average 14.59
+total tokens 7,557
+"""
+
+GOOD = """# Technical Report: Gemma3 Benchmark Analysis
+
+## 1. Executive Summary
+The dataset holds 101 benchmark files. Throughput is stable across configurations, while
+time to first token varies far more than generation speed does.
+
+## 2. Methodology
+We ingested 28 CSV, 44 JSON and 29 Markdown files and compared each configuration's mean metrics.
+
+## 3. Results
+| Config | Throughput (tok/s) | TTFT (ms) |
+|--------|--------------------|-----------|
+| gpu60_ctx256_temp0p6 | 114.5 | 1346.82 |
+| gpu80_ctx1024_temp0p6 | 114.98 | 1310.19 |
+
+- Token rates range from 77.62 to 187.18 tokens per second.
+- In total 7,557 tokens were generated.
+
+## 4. Analysis
+Generation speed is hardware bound: the two configurations differ by well under one percent.
+Latency to the first token is dominated by model loading on the first call of a run.
+
+## 5. Recommendations
+* Prefer the smaller context when quality is equivalent.
+* Measure warm and cold calls separately before drawing latency conclusions.
+
+## 6. Conclusion
+Both configurations deliver about 115 tok/s; the lighter one is the better default choice here.
+"""
+
+
+def test_good_report_scores_high():
+    score = score_report(GOOD, source_text=SOURCE)
+    assert isinstance(score, QualityScore)
+    assert score.sections_present == 1.0 and score.missing_sections == ()
+    assert score.markdown_structure == pytest.approx(1.0)
+    assert score.numeric_grounding == 1.0, score.ungrounded_numbers
+    assert score.repetition < 0.1
+    assert score.overall > 0.9
+    assert score.length_words == len(GOOD.split())
+
+
+def test_degenerate_repetitive_response_scores_low():
+    looping = "The model is very fast and the results are good.\n" * 30
+    score = score_report(looping, source_text=SOURCE)
+    assert score.repetition > 0.85
+    assert score.sections_present == 0.0
+    assert score.numeric_grounding is None
+    assert score.overall < 0.05
+    assert any("repetitive" in note for note in score.notes)
+
+
+def test_good_report_followed_by_a_loop_is_penalised():
+    score = score_report(GOOD + "\nThe end is near.\n" * 200, source_text=SOURCE)
+    assert score.sections_present == 1.0
+    assert score.overall < 0.3
+
+
+def test_invented_numbers_lower_grounding():
+    invented = GOOD.replace("114.98", "121.40").replace("187.18", "250.00").replace("7,557", "9,999")
+    score = score_report(invented, source_text=SOURCE)
+    good = score_report(GOOD, source_text=SOURCE)
+    assert score.numeric_grounding < good.numeric_grounding
+    assert set(score.ungrounded_numbers) == {"121.40", "250.00", "9999"}
+    assert score.overall < good.overall
+    assert any("not in source" in note for note in score.notes)
+
+
+def test_loose_section_matching_with_synonyms_and_bold_headings():
+    text = ("**1. Summary**\ntext\n\n**2. Key Findings:**\ntext\n\n### Discussion\n\n"
+            "## Next Steps\n\n## Final Thoughts\n\n## Approach\n")
+    present, missing = find_sections(text, ("Executive Summary", "Methodology", "Results", "Analysis",
+                                            "Recommendations", "Conclusion"))
+    assert missing == []
+    present, missing = find_sections("## Results\n", ("Results", "Appendix"))
+    assert present == ["Results"] and missing == ["Appendix"]
+    # a custom section name matches itself, singular or plural
+    assert find_sections("## Appendices\n## Appendix A\n", ("Appendix",))[1] == []
+
+
+def test_headings_inside_code_fences_do_not_count():
+    text = "```\n# Executive Summary\n```\n"
+    assert find_sections(text, ("Executive Summary",))[1] == ["Executive Summary"]
+
+
+def test_structure_penalises_unbalanced_fences_and_bad_tables():
+    broken = "## A\n## B\n## C\n| a | b |\n| c | d |\n```python\nx = 1\n"
+    score = score_report(broken, source_text="", required_sections=())
+    assert score.markdown_structure == pytest.approx(0.4 + 0.3)
+    assert "unbalanced code fence" in score.notes and "malformed table" in score.notes
+    assert score.sections_present == 1.0  # nothing required
+
+
+@pytest.mark.parametrize("number, grounded", [
+    ("114.50", True),   # trailing zeros stripped
+    ("114.5", True),    # source 114.53 rounded to one decimal
+    ("115", True),      # ... or to an integer
+    ("114.6", False),
+    ("1346.8", True),
+    ("7557", True),
+    ("14.6", True),
+    ("14.60", True),
+    ("2.10", True),     # from "2.1%"
+    ("60", True),       # digits inside identifiers count in the source
+    ("12.0", False),
+])
+def test_number_grounding_rule(number, grounded):
+    assert is_grounded(number, SourceNumbers(SOURCE)) is grounded
+
+
+def test_number_extraction_skips_identifiers_numbering_and_single_digits():
+    text = "## 2.1 Results\n3. gpu60_ctx256 ran 3 times at 114.5 tok/s (1,234 tokens, 812ms, 12.5%)\n"
+    assert extract_numbers(text) == ["114.5", "1234", "812", "12.5"]
+    assert numeric_grounding("no numbers here", SOURCE) == (None, [])
+    assert extract_numbers("range 113.99-114.98") == ["113.99", "114.98"]
+
+
+def test_repetition_ratio_bounds():
+    assert repetition_ratio("") == 0.0
+    assert repetition_ratio("one two three four five") == 0.0
+    assert repetition_ratio("a b c " * 50) > 0.95
+
+
+def _score(overall):
+    return QualityScore(1.0, 1.0, 1.0, 0.0, 500, overall)
+
+
+def test_quality_below_baseline_uses_margin_and_optional_test():
+    per_config = {
+        "baseline_default": [_score(0.90), _score(0.92), _score(0.88)],
+        "similar": [_score(0.86), _score(0.87), _score(0.85)],
+        "worse": [_score(0.60), _score(0.62), _score(0.58)],
+        "noisy_worse": [_score(0.30), _score(0.95), _score(0.50)],
+    }
+    assert quality_below_baseline(per_config, "baseline_default") == ["noisy_worse", "worse"]
+    assert quality_below_baseline(per_config, "baseline_default", require_significance=True) == ["worse"]
+    rows = {r.config_id: r for r in compare_quality(per_config, "baseline_default")}
+    assert rows["worse"].diff == pytest.approx(-0.30)
+    assert rows["similar"].below is False and rows["worse"].n == 3

@@ -1,0 +1,187 @@
+"""Descriptive statistics with confidence intervals for benchmark metrics.
+
+Pure functions over plain values: no I/O, no DataFrames required (one helper
+accepts a DataFrame for convenience). Every summary carries ``n`` and a t-based
+95% CI so a report never shows a mean without saying how sure it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+CONFIDENCE = 0.95
+
+
+def clean_values(values: Iterable[Any]) -> list[float]:
+    """Finite floats only: None, NaN, inf and non-numbers are measurement gaps, not data."""
+    kept: list[float] = []
+    for value in values:
+        if value is None or isinstance(value, bool):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            kept.append(number)
+    return kept
+
+
+def cv_pct(mean: float | None, stddev: float | None) -> float | None:
+    """Coefficient of variation in percent; None when undefined (no stddev or mean 0)."""
+    if mean is None or stddev is None or mean == 0:
+        return None
+    return abs(stddev / mean) * 100.0
+
+
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
+    """Student-t interval for the mean; (None, None) when n < 2.
+
+    With zero spread the interval collapses to the mean instead of NaN.
+    """
+    n = len(values)
+    if n < 2:
+        return None, None
+    mean = float(np.mean(values))
+    sem = float(np.std(values, ddof=1)) / math.sqrt(n)
+    if sem == 0:
+        return mean, mean
+    low, high = sps.t.interval(confidence, df=n - 1, loc=mean, scale=sem)
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class DistributionSummary:
+    """Mean, spread and CI of one metric over a set of observations.
+
+    ``stddev`` is the sample standard deviation (ddof=1); it, the CV and the CI
+    are None when n < 2 because one observation says nothing about spread.
+    """
+
+    n: int
+    mean: float | None
+    stddev: float | None
+    cv_pct: float | None
+    ci95_low: float | None
+    ci95_high: float | None
+    median: float | None
+    p50: float | None
+    p95: float | None
+    min: float | None
+    max: float | None
+
+    @classmethod
+    def from_values(cls, values: Iterable[float | None]) -> "DistributionSummary":
+        """Summarise ``values``, ignoring None/NaN; n=0 gives all-None fields."""
+        kept = clean_values(values)
+        return cls(**_summary_fields(kept))
+
+    @property
+    def ci95_half_width(self) -> float | None:
+        """Half the CI width, handy for "mean ± x" rendering."""
+        if self.ci95_low is None or self.ci95_high is None:
+            return None
+        return (self.ci95_high - self.ci95_low) / 2.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for JSON / DataFrame rows)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _summary_fields(kept: Sequence[float]) -> dict[str, Any]:
+    n = len(kept)
+    if n == 0:
+        return dict(n=0, mean=None, stddev=None, cv_pct=None, ci95_low=None, ci95_high=None,
+                    median=None, p50=None, p95=None, min=None, max=None)
+    array = np.asarray(kept, dtype=float)
+    mean = float(array.mean())
+    stddev = float(array.std(ddof=1)) if n >= 2 else None
+    low, high = mean_ci(kept)
+    median = float(np.median(array))
+    return dict(
+        n=n,
+        mean=mean,
+        stddev=stddev,
+        cv_pct=cv_pct(mean, stddev),
+        ci95_low=low,
+        ci95_high=high,
+        median=median,
+        p50=median,
+        # linear interpolation (numpy default), the same rule pandas uses
+        p95=float(np.percentile(array, 95)),
+        min=float(array.min()),
+        max=float(array.max()),
+    )
+
+
+@dataclass(frozen=True)
+class PopulationSummary(DistributionSummary):
+    """Spread of per-config means across configs (the report's §5.1/§5.2).
+
+    ``range`` is max - min; ``min_config``/``max_config`` name the extremes.
+    """
+
+    range: float | None = None
+    min_config: str | None = None
+    max_config: str | None = None
+
+
+def population_summary(config_means: Mapping[str, float | None]) -> PopulationSummary:
+    """Mean/median/stddev/range/CV of config means; configs with a missing mean are skipped."""
+    kept = {cid: float(v) for cid, v in config_means.items() if clean_values([v])}
+    base = _summary_fields(list(kept.values()))
+    if not kept:
+        return PopulationSummary(**base)
+    min_config = min(kept, key=lambda cid: (kept[cid], cid))
+    max_config = max(kept, key=lambda cid: (kept[cid], cid))
+    return PopulationSummary(
+        **base,
+        range=base["max"] - base["min"],
+        min_config=min_config,
+        max_config=max_config,
+    )
+
+
+def summarize_groups(df: Any, metric: str, by: str = "config_id") -> dict[str, DistributionSummary]:
+    """One DistributionSummary per group of a DataFrame (e.g. per config), keyed by group."""
+    if df is None or len(df) == 0 or metric not in df.columns or by not in df.columns:
+        return {}
+    result: dict[str, DistributionSummary] = {}
+    for key, group in df.groupby(by, sort=True, dropna=False):
+        result[str(key)] = DistributionSummary.from_values(group[metric].tolist())
+    return result
+
+
+@dataclass(frozen=True)
+class RankedEntry:
+    """One line of a ranking table: position, config and the ranked value."""
+
+    rank: int
+    config_id: str
+    value: float
+    summary: DistributionSummary
+
+
+def rank_configs(
+    summaries: Mapping[str, DistributionSummary],
+    *,
+    attr: str = "mean",
+    descending: bool = True,
+    top: int | None = 5,
+) -> list[RankedEntry]:
+    """Rank configs by a summary attribute (mean tps descending, TTFT or CV ascending).
+
+    Configs whose attribute is None are left out; ties break on config_id so the
+    ranking is stable across runs.
+    """
+    rows = [(cid, getattr(s, attr), s) for cid, s in summaries.items() if getattr(s, attr) is not None]
+    rows.sort(key=lambda row: ((-row[1] if descending else row[1]), row[0]))
+    if top is not None:
+        rows = rows[:top]
+    return [RankedEntry(rank=i + 1, config_id=cid, value=float(v), summary=s)
+            for i, (cid, v, s) in enumerate(rows)]
