@@ -46,7 +46,7 @@ def restart_ollama(plan: pipeline.SweepPlan, key: pipeline.RunKey):
 def ingest(corpus_dir: str, run_token: str):
     """Parse the corpus; ``run_token`` marks who really ran it (cache hits keep the first)."""
     t0 = pipeline.time.perf_counter_ns()
-    summary = ingest_corpus(corpus_dir)
+    summary = ingest_corpus(corpus_dir, workers=1)  # no fork inside a threaded worker
     return {"summary": summary, "ingest_ms": pipeline.elapsed_ms(t0), "run_token": run_token}
 
 

@@ -120,8 +120,9 @@ def cmd_query(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    if not args.verbose:  # logs still reach the Prefect API/UI; the terminal shows progress
+        for handler in ("CONSOLE",):
+            os.environ[f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL"] = "CRITICAL"
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from tr111.cli_progress import progress_display
