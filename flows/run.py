@@ -1,4 +1,7 @@
-"""``tr111-run``: one run as its own DAG of five tasks in the Prefect UI."""
+"""``tr111-run``: one run as its own DAG of tasks in the Prefect UI.
+
+restart-ollama -> ingest -> [warmup-call] -> analysis-call -> report-call -> record
+"""
 
 from __future__ import annotations
 
@@ -24,18 +27,15 @@ def _run_name() -> str:
 @flow(name="tr111-run", flow_run_name=_run_name, validate_parameters=False, persist_result=False)
 def tr111_run(plan: pipeline.SweepPlan, key: pipeline.RunKey, retries: int = 3,
               backoff_s: float = 1.0) -> dict:
-    """restart -> ingest -> analysis-call -> report-call -> record; returns the run row."""
+    """Compose the stage tasks; returns the recorded run row."""
     delays = [backoff_s * 2 ** i for i in range(max(retries, 1))]
     restart_task = restart_ollama.with_options(retries=retries, retry_delay_seconds=delays)
     call_task = llm_call.with_options(retries=retries, retry_delay_seconds=delays)
-    started_at = datetime.now(UTC)
-    t0 = time.perf_counter_ns()
-    token = uuid.uuid4().hex
-    restart = ingest_ms = fingerprint = state = None
+    started_at, t0, token = datetime.now(UTC), time.perf_counter_ns(), uuid.uuid4().hex
+    restart = ingest_ms = cached = fingerprint = state = error = None
     calls: dict = {}
     attempts: dict = {}
     problems: list[dict] = []
-    error = None
     try:
         state = restart_task(quote(plan), quote(key), return_state=True)
         restart = state.result()
@@ -48,26 +48,23 @@ def tr111_run(plan: pipeline.SweepPlan, key: pipeline.RunKey, retries: int = 3,
         fingerprint = summary.fingerprint
         problems = [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in summary.problems]
         source = summary.to_prompt_text()
-        for stage in pipeline.STAGES:
+        stages = (("warmup",) if plan.warmup else ()) + pipeline.STAGES
+        for stage in stages:
+            text = pipeline.WARMUP_PROMPT if stage == "warmup" else source
             state = call_task.with_options(name=f"{stage}-call")(
-                quote(plan), quote(key), stage, quote(source), wait_for=[state], return_state=True)
+                quote(plan), quote(key), stage, quote(text), wait_for=[state], return_state=True)
             out = state.result()
             calls[stage], attempts[stage] = out["call"], out["attempt"]
-            source = out["call"].response
+            if stage != "warmup":
+                source = out["call"].response
     except TerminalError:
         raise
     except Tr111Error as exc:
         error = f"{type(exc).__name__}: {exc}"
-    status = "ok" if error is None else "error"
-    first_after_restart = bool(restart and restart.performed)
-    rows = []
-    for i, (stage, call) in enumerate(calls.items()):
-        rows.append(pipeline.call_row(plan, key, stage, attempts[stage], call,
-                                      first_after_restart=first_after_restart and i == 0))
-    total_ms = pipeline.elapsed_ms(t0)
-    run = pipeline.run_row(plan, key, status=status, started_at=started_at, restart=restart,
-                           ingest_ms=ingest_ms, calls=calls, total_ms=total_ms,
-                           fingerprint=fingerprint, error=error,
-                           cold=rows[0]["is_cold"] if rows else None)
-    record(quote(plan), quote(run), quote(rows), quote(problems), wait_for=[state] if state is not None and status == "ok" else None)
+    run, rows = pipeline.finish_run(plan, key, started_at=started_at, t0_ns=t0, restart=restart,
+                                    ingest_ms=ingest_ms, ingest_cached=cached,
+                                    fingerprint=fingerprint, calls=calls, attempts=attempts,
+                                    error=error)
+    upstream = [state] if state is not None and error is None else None
+    record(quote(plan), quote(run), quote(rows), quote(problems), wait_for=upstream)
     return run

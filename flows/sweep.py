@@ -71,8 +71,12 @@ def tr111_sweep(matrix: str = "sweeps/quick.yaml", sweep_id: str | None = None,
             restart_timeout_s=settings.restart_timeout_s,
             connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s,
             call_timeout_s=settings.call_timeout_s, cache_bust=sweep_matrix.cache_bust,
-            warmup=sweep_matrix.warmup)
+            warmup=sweep_matrix.warmup, gpu_telemetry=settings.gpu_telemetry)
         env = detect_environment()
+        tel = pipeline.telemetry(plan.gpu_telemetry)
+        env["gpu_telemetry"] = ("on: " + tel.info.name) if tel is not None and tel.enabled else (
+            "off: " + (tel.reason_disabled if tel is not None else "disabled in settings"))
+        progress.emit("telemetry", status=env["gpu_telemetry"])
         writer.start_sweep(plan.warehouse_path, {
             "sweep_id": sweep_id, "started_at": datetime.now(UTC), "status": "running",
             "model": plan.model, "ollama_url": server.url, "server_version": server.version,
@@ -95,7 +99,7 @@ def tr111_sweep(matrix: str = "sweeps/quick.yaml", sweep_id: str | None = None,
                     config=config, run_number=run_number,
                     run_attempt=run_attempts.get((config.config_id, run_number), 0) + 1,
                     first_call_attempts={s: call_attempts.get((config.config_id, run_number, s), 0) + 1
-                                         for s in pipeline.STAGES})
+                                         for s in ("warmup", *pipeline.STAGES)})
                 row = tr111_run(plan, key, retries=settings.retries, backoff_s=settings.retry_backoff_s)
                 if row["status"] != "ok":
                     failed.append(key.name)

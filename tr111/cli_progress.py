@@ -23,6 +23,8 @@ def progress_display() -> Iterator[None]:
         if event == "server":
             console.print(f"server: {data['kind']} {data['version']} at {data['url']}"
                           + (f" (model file {data['model_file']})" if data.get("model_file") else ""))
+        elif event == "telemetry":
+            console.print(f"GPU telemetry {data['status']}")
         elif event == "start":
             state["task"] = bar.add_task(f"sweep {data['sweep_id']}", total=data["total"],
                                          completed=data["done"])

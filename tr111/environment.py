@@ -36,7 +36,9 @@ def detect_environment() -> dict:
     try:
         from tr111.telemetry import detect_gpus
 
-        env["gpus"] = [g.__dict__ if hasattr(g, "__dict__") else dict(g) for g in detect_gpus()]
+        from dataclasses import asdict
+
+        env["gpus"] = [asdict(g) for g in detect_gpus()]
     except Exception:  # telemetry is optional: no driver, no GPUs listed
         env["gpus"] = []
     return env

@@ -68,6 +68,7 @@ class CallResult:
     server: ServerMetrics = field(default_factory=ServerMetrics)
     status: str = "ok"
     error: str | None = None
+    gpu: dict = field(default_factory=dict)  # gpu_* columns when telemetry ran
 
     @property
     def throughput_tps(self) -> float | None:
@@ -81,5 +82,5 @@ class CallResult:
             "options": self.options, "started_at": self.started_at,
             "ttft_ms": self.ttft_ms, "wall_ms": self.wall_ms, "chunks": self.chunks,
             "status": self.status, "error": self.error,
-            "throughput_tps": self.throughput_tps, **server,
+            "throughput_tps": self.throughput_tps, "gpu": self.gpu, **server,
         }

@@ -20,7 +20,8 @@ from tr111.restart import RestartOutcome, restart_server
 
 NS_PER_MS = 1_000_000
 STAGES = ("analysis", "report")
-COLD_LOAD_MS = 50.0  # a load_duration above this means the call paid a model load
+WARMUP_PROMPT = "Warm-up request: reply with one word."
+CHARS_PER_TOKEN = 4.0  # rough English estimate, used only to spot silent truncation
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class SweepPlan:
     call_timeout_s: float = 900.0
     cache_bust: bool = True
     warmup: bool = False
+    gpu_telemetry: bool = True
 
 
 @dataclass(frozen=True)
@@ -88,49 +90,92 @@ def build_prompt(plan: SweepPlan, key: RunKey, stage: str, source_text: str) -> 
     return analysis_prompt(plan.templates_dir, source_text, nonce)
 
 
+_TELEMETRY: dict[bool, object] = {}
+
+
+def telemetry(enabled: bool):
+    """One GPU sampler per process; off (all gpu_* NULL, one log line) without a driver."""
+    if enabled not in _TELEMETRY:
+        from tr111.telemetry import GpuTelemetry
+
+        _TELEMETRY[enabled] = GpuTelemetry.open(0) if enabled else None
+    return _TELEMETRY[enabled]
+
+
 def call_stage(plan: SweepPlan, key: RunKey, stage: str, prompt: str, attempt: int,
                record_failure) -> CallResult:
     """One attempt of a streaming call; a failed attempt is handed to ``record_failure``."""
     client = client_for(plan)
+    tel = telemetry(plan.gpu_telemetry)
+    options = dict(key.config.options)
+    if stage == "warmup":
+        options["num_predict"] = 1
     try:
-        return client.generate(plan.model, prompt, key.config.options or None)
+        if tel is not None and tel.enabled:
+            with tel.sample_call() as sampler:
+                call = _generate(client, plan, prompt, options)
+            call.gpu = sampler.stats.as_row() if sampler.stats else {}
+        else:
+            call = _generate(client, plan, prompt, options)
+        return call
     except Tr111Error as exc:
         partial = exc.partial if isinstance(exc.partial, CallResult) else CallResult(
-            model=plan.model, prompt=prompt, options=dict(key.config.options),
+            model=plan.model, prompt=prompt, options=options,
             started_at=datetime.now(UTC), status="error", error=f"{type(exc).__name__}: {exc}")
-        record_failure(call_row(plan, key, stage, attempt, partial, first_after_restart=False))
+        record_failure(call_row(plan, key, stage, attempt, partial))
         raise
 
 
-def classify_cold(call: CallResult, first_after_restart: bool) -> tuple[bool, str]:
-    """Cold when the call paid a model load: right after a restart, or a large load_duration."""
-    load = call.server.load_duration_ms
-    if first_after_restart:
-        return True, "first call after restart"
-    if load > COLD_LOAD_MS:
-        return True, f"load_duration {load:.1f} ms > {COLD_LOAD_MS:g} ms"
-    return False, f"warm: load_duration {load:.1f} ms"
+def _generate(client: OllamaClient, plan: SweepPlan, prompt: str, options: dict) -> CallResult:
+    return client.generate(plan.model, prompt, options or None)
+
+
+def classify_run_calls(calls: list[CallResult], *, first_after_restart: bool,
+                       options_changed: bool) -> list[tuple[bool, str]]:
+    """Cold/warm per call of one run, in execution order (see tr111.coldwarm for the rule)."""
+    from tr111.coldwarm import CallTiming, classify_cold
+
+    timings = [CallTiming(load_duration_ms=c.server.load_duration_ms, ttft_ms=c.ttft_ms,
+                          first_after_restart=first_after_restart and i == 0,
+                          options_changed=options_changed and i == 0)
+               for i, c in enumerate(calls)]
+    return [(d.is_cold, d.reason) for d in classify_cold(timings)]
+
+
+def truncation(call: CallResult, num_ctx: int | None, cache_bust: bool) -> tuple[bool, str | None]:
+    """Did the prompt fit? Ollama silently keeps the tail of a prompt longer than num_ctx."""
+    evaluated = call.server.prompt_eval_count
+    if num_ctx and evaluated >= num_ctx:
+        return True, f"prompt_eval_count {evaluated} >= num_ctx {num_ctx}: the prompt filled the context"
+    estimate = len(call.prompt) / CHARS_PER_TOKEN
+    if cache_bust and num_ctx and estimate > num_ctx and evaluated < 0.75 * estimate:
+        return True, (f"prompt of ~{estimate:.0f} tokens ({len(call.prompt)} chars) > num_ctx {num_ctx},"
+                      f" only {evaluated} evaluated")
+    return False, None
 
 
 def call_row(plan: SweepPlan, key: RunKey, stage: str, attempt: int, call: CallResult, *,
-             first_after_restart: bool) -> dict:
+             cold: tuple[bool, str] | None = None, num_ctx: int | None = None) -> dict:
     from warehouse.writer import to_json
 
     row = call.as_row()
     options = row.pop("options")
-    cold, reason = classify_cold(call, first_after_restart) if call.status == "ok" else (None, None)
+    gpu = row.pop("gpu", None) or {}
+    truncated, reason = truncation(call, num_ctx, plan.cache_bust) if call.status == "ok" else (None, None)
     return {
-        **row, "sweep_id": plan.sweep_id, "config_id": key.config.config_id,
+        **row, **gpu, "sweep_id": plan.sweep_id, "config_id": key.config.config_id,
         "run_number": key.run_number, "stage": stage, "attempt": attempt,
         "run_attempt": key.run_attempt, "options_json": to_json(options),
-        "is_cold": cold, "cold_reason": reason,
+        "is_cold": cold[0] if cold else None, "cold_reason": cold[1] if cold else None,
+        "truncated": truncated, "truncation_reason": reason, "prompt_chars": len(call.prompt),
+        "num_ctx": num_ctx,
     }
 
 
 def run_row(plan: SweepPlan, key: RunKey, *, status: str, started_at: datetime,
             restart: RestartOutcome | None, ingest_ms: float | None, calls: dict[str, CallResult],
             total_ms: float, fingerprint: str | None, error: str | None = None,
-            cold: bool | None = None) -> dict:
+            cold: bool | None = None, ingest_cached: bool | None = None) -> dict:
     return {
         "sweep_id": plan.sweep_id, "config_id": key.config.config_id,
         "run_number": key.run_number, "status": status, "cold": cold,
@@ -139,8 +184,30 @@ def run_row(plan: SweepPlan, key: RunKey, *, status: str, started_at: datetime,
         "total_ms": total_ms, "started_at": started_at, "finished_at": datetime.now(UTC),
         "run_attempt": key.run_attempt,
         "restart_strategy": restart.strategy if restart else None, "error": error,
-        "corpus_fingerprint": fingerprint,
+        "corpus_fingerprint": fingerprint, "warmup_ms": _wall(calls.get("warmup")),
+        "ingest_cached": ingest_cached,
     }
+
+
+def finish_run(plan: SweepPlan, key: RunKey, *, started_at: datetime, t0_ns: int,
+               restart: RestartOutcome | None, ingest_ms: float | None, ingest_cached: bool | None,
+               fingerprint: str | None, calls: dict[str, CallResult], attempts: dict[str, int],
+               error: str | None) -> tuple[dict, list[dict]]:
+    """The run row and its call rows, cold/warm and truncation decided on each call."""
+    total_ms = elapsed_ms(t0_ns)
+    num_ctx = key.config.options.get("num_ctx")
+    performed = bool(restart and restart.performed)
+    cold = classify_run_calls(list(calls.values()), first_after_restart=performed,
+                              options_changed=key.run_number == 1 and not performed)
+    rows = [call_row(plan, key, stage, attempts[stage], call, cold=decision,
+                     num_ctx=int(num_ctx) if num_ctx else None)
+            for (stage, call), decision in zip(calls.items(), cold)]
+    measured = [r for r in rows if r["stage"] != "warmup"]
+    run = run_row(plan, key, status="ok" if error is None else "error", started_at=started_at,
+                  restart=restart, ingest_ms=ingest_ms, calls=calls, total_ms=total_ms,
+                  fingerprint=fingerprint, error=error,
+                  cold=measured[0]["is_cold"] if measured else None, ingest_cached=ingest_cached)
+    return run, rows
 
 
 def _wall(call: CallResult | None) -> float | None:

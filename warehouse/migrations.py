@@ -61,7 +61,7 @@ def m001_core_tables(con: duckdb.DuckDBPyConnection) -> None:
             cold BOOLEAN, restart_ms DOUBLE, ingest_ms DOUBLE, analysis_ms DOUBLE,
             report_ms DOUBLE, total_ms DOUBLE, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
             run_attempt INTEGER, restart_strategy VARCHAR, error VARCHAR,
-            corpus_fingerprint VARCHAR, record_ms DOUBLE,
+            corpus_fingerprint VARCHAR, record_ms DOUBLE, warmup_ms DOUBLE, ingest_cached BOOLEAN,
             PRIMARY KEY (sweep_id, config_id, run_number))""")
     con.execute("""
         CREATE TABLE llm_calls (
@@ -72,7 +72,11 @@ def m001_core_tables(con: duckdb.DuckDBPyConnection) -> None:
             prompt_eval_duration_ms DOUBLE, eval_count INTEGER, eval_duration_ms DOUBLE,
             total_duration_ms DOUBLE, throughput_tps DOUBLE, done_reason VARCHAR,
             started_at TIMESTAMPTZ, chunks INTEGER, is_cold BOOLEAN, cold_reason VARCHAR,
-            truncated BOOLEAN, truncation_reason VARCHAR,
+            truncated BOOLEAN, truncation_reason VARCHAR, prompt_chars INTEGER, num_ctx INTEGER,
+            gpu_index INTEGER, gpu_name VARCHAR, gpu_driver VARCHAR, gpu_mem_peak_mb DOUBLE,
+            gpu_util_mean_pct DOUBLE, gpu_power_mean_w DOUBLE, gpu_energy_j DOUBLE,
+            gpu_energy_source VARCHAR, gpu_temp_max_c DOUBLE, gpu_sm_clock_mean_mhz DOUBLE,
+            gpu_samples INTEGER,
             PRIMARY KEY (sweep_id, config_id, run_number, stage, attempt))""")
     con.execute("""
         CREATE TABLE ingest_problems (

@@ -29,7 +29,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("sweep_id", S), ("config_id", S), ("run_number", I), ("status", S), ("cold", B),
         ("restart_ms", F), ("ingest_ms", F), ("analysis_ms", F), ("report_ms", F), ("total_ms", F),
         ("started_at", TS), ("finished_at", TS), ("run_attempt", I), ("restart_strategy", S),
-        ("error", S), ("corpus_fingerprint", S), ("record_ms", F)]),
+        ("error", S), ("corpus_fingerprint", S), ("record_ms", F), ("warmup_ms", F),
+        ("ingest_cached", B)]),
     "llm_calls": pa.schema([
         ("sweep_id", S), ("config_id", S), ("run_number", I), ("stage", S), ("attempt", I),
         ("run_attempt", I), ("status", S), ("error", S), ("model", S), ("options_json", S),
@@ -37,7 +38,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("prompt_eval_count", I), ("prompt_eval_duration_ms", F), ("eval_count", I),
         ("eval_duration_ms", F), ("total_duration_ms", F), ("throughput_tps", F),
         ("done_reason", S), ("started_at", TS), ("chunks", I), ("is_cold", B), ("cold_reason", S),
-        ("truncated", B), ("truncation_reason", S)]),
+        ("truncated", B), ("truncation_reason", S), ("prompt_chars", I), ("num_ctx", I),
+        ("gpu_index", I), ("gpu_name", S), ("gpu_driver", S), ("gpu_mem_peak_mb", F),
+        ("gpu_util_mean_pct", F), ("gpu_power_mean_w", F), ("gpu_energy_j", F),
+        ("gpu_energy_source", S), ("gpu_temp_max_c", F), ("gpu_sm_clock_mean_mhz", F),
+        ("gpu_samples", I)]),
     "ingest_problems": pa.schema([
         ("sweep_id", S), ("corpus_fingerprint", S), ("path", S), ("kind", S), ("detail", S)]),
 }
