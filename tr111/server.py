@@ -53,9 +53,9 @@ def open_server(engine: str, url: str, model: str, *, url_explicit: bool = False
     with EmbeddedEngine(threads=threads) as emb:
         register_engine(emb.url, emb)
         try:
-            files = getattr(emb, "model_files", {}) or {}
-            yield ServerHandle(url=emb.url, kind="embedded", version=emb.version,
-                               model_file=files.get(model) or files.get(f"{model}:latest"),
-                               engine=emb)
+            files = emb.model_files
+            path = files.get(model) or files.get(f"{model}:latest")
+            yield ServerHandle(url=emb.url, kind="embedded", version=emb.version or "",
+                               model_file=str(path) if path else None, engine=emb)
         finally:
             register_engine(emb.url, None)
