@@ -1,15 +1,22 @@
-"""``tr111-report``: render the technical report of a sweep from the warehouse."""
+"""``tr111-report``: render the technical report of a sweep from the warehouse, publish its artifacts."""
 
 from __future__ import annotations
 
 from prefect import flow
 
+from tasks.artifacts import publish_report_artifacts
 from tasks.report import render_report
 from tr111.settings import Settings
 
 
 @flow(name="tr111-report", persist_result=False)
-def tr111_report(sweep: str = "latest", warehouse: str | None = None, out: str | None = None) -> str:
+def tr111_report(sweep: str = "latest", warehouse: str | None = None, out: str | None = None,
+                 publish: bool = True) -> str:
+    """Returns the report's path. ``publish``: the report, aggregate table and regression check as
+    artifacts of this flow run (the sweep flow passes False and publishes them on its own run)."""
     settings = Settings.build(warehouse_path=warehouse, out_dir=out)
-    return render_report(sweep, str(settings.warehouse_path), str(settings.out_dir),
-                         str(settings.templates_dir))
+    path = render_report(sweep, str(settings.warehouse_path), str(settings.out_dir),
+                         str(settings.templates_dir), settings.regression_threshold_pct)
+    if publish:
+        publish_report_artifacts(path)
+    return path

@@ -15,6 +15,7 @@ from prefect import flow
 
 from flows.report import tr111_report
 from flows.run import tr111_run
+from tasks import artifacts
 from tr111 import __version__, pipeline, progress
 from tr111.environment import detect_environment
 from tr111.errors import ServerUnavailableError, TerminalError, Tr111Error
@@ -90,8 +91,9 @@ def tr111_sweep(matrix: str = "sweeps/quick.yaml", sweep_id: str | None = None,
             call_attempts, run_attempts = attempt_counters(con, sweep_id)
         todo = [(c, r) for c in configs for r in range(1, sweep_matrix.runs + 1)
                 if (c.config_id, r) not in done]
-        progress.emit("start", sweep_id=sweep_id, total=len(configs) * sweep_matrix.runs,
-                      done=len(done), todo=len(todo))
+        total = len(configs) * sweep_matrix.runs
+        progress.emit("start", sweep_id=sweep_id, total=total, done=len(done), todo=len(todo))
+        progress_id = artifacts.start_progress(sweep_id, total, len(done))
         failed: list[str] = []
         try:
             for index, (config, run_number) in enumerate(todo):
@@ -107,6 +109,8 @@ def tr111_sweep(matrix: str = "sweeps/quick.yaml", sweep_id: str | None = None,
                 elif config.config_id not in _described:
                     _describe(plan, client, config.config_id)
                 progress.emit("run", name=key.name, status=row["status"], total_ms=row["total_ms"])
+                artifacts.advance_progress(progress_id, len(done) + index + 1, total,
+                                           last=key.name, status=row["status"])
         except SweepIncompleteError as exc:
             writer.finish_sweep(plan.warehouse_path, sweep_id, "incomplete", str(exc))
             raise
@@ -123,7 +127,9 @@ def tr111_sweep(matrix: str = "sweeps/quick.yaml", sweep_id: str | None = None,
               "warehouse": str(plan.warehouse_path)}
     if report:
         result["report"] = tr111_report(sweep=sweep_id, warehouse=str(plan.warehouse_path),
-                                        out=str(settings.out_dir))
+                                        out=str(settings.out_dir), publish=False)
+        published = artifacts.publish_report_artifacts(result["report"])  # on this flow run
+        result["regressions"] = published["regressions"]
     return result
 
 

@@ -10,8 +10,15 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block), exit code 2; subcommands inherit it."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tr111", description=(
+    parser = _Parser(prog="tr111", description=(
         "Benchmark a local LLM server speaking the Ollama API (or tr111's embedded engine): "
         "Prefect sweeps into a DuckDB warehouse, and the technical report."))
     parser.add_argument("--verbose", action="store_true", help="show Prefect's logs")
@@ -45,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("action", choices=["serve"])
     engine.add_argument("args", nargs=argparse.REMAINDER,
                         help="options of 'serve' (--host, --port, --model NAME=PATH, --threads)")
+    from tr111.cli_reports import add_report_commands
+
+    add_report_commands(sub)  # compare, export
     return parser
 
 
@@ -53,14 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     from tr111.errors import ConfigError, TerminalError, Tr111Error
 
     try:
+        from tr111.cli_reports import run_report_command
+
+        handled = run_report_command(args)  # report, compare, export
+        if handled is not None:
+            return handled
         if args.command == "engine":
             from tr111.engine.cli import main as engine_main
 
             return engine_main([args.action, *args.args])
         if args.command == "query":
             return cmd_query(args)
-        if args.command == "report":
-            return cmd_report(args)
         return cmd_sweep(args)
     except ConfigError as exc:
         print(f"tr111: error: {exc}", file=sys.stderr)
@@ -76,22 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def cmd_report(args) -> int:
-    from tr111.report.context import build_context
-    from tr111.report.render import write_report
-    from tr111.settings import Settings
-    from warehouse import open_read_only
-    from warehouse.reader import resolve_sweep_id
-
-    settings = Settings.build(warehouse_path=args.warehouse, out_dir=args.out)
-    with open_read_only(settings.warehouse_path) as con:
-        sweep_id = resolve_sweep_id(con, args.sweep)
-        ctx = build_context(con, sweep_id)
-    path = write_report(ctx, Path(settings.out_dir), Path(settings.templates_dir))
-    print(path)
-    return EXIT_OK
-
-
 def cmd_query(args) -> int:
     import duckdb
 
@@ -101,6 +98,10 @@ def cmd_query(args) -> int:
 
     settings = Settings.build(warehouse_path=args.warehouse)
     with open_read_only(settings.warehouse_path) as con:
+        # Read-only covers the warehouse; this also refuses COPY ... TO, ATTACH, read_csv(...)
+        # of other files and extension installs: the command reads the warehouse, nothing else.
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
         try:
             cur = con.execute(args.sql)
         except duckdb.Error as exc:
@@ -131,6 +132,7 @@ def cmd_sweep(args) -> int:
     load_matrix(args.matrix, model=args.model, runs=args.runs)  # bad input: fail before Prefect
     if args.sweep_id:
         validate_id(args.sweep_id, "sweep id")
+    _preflight(args)
     from flows.sweep import tr111_sweep
 
     with progress_display():
@@ -145,6 +147,24 @@ def cmd_sweep(args) -> int:
     if result.get("report"):
         print(f"report: {result['report']}")
     return EXIT_OK if result["status"] == "completed" else EXIT_FAILED
+
+
+def _preflight(args) -> None:
+    """Settings, restart command and corpus checked before Prefect starts or a row is written:
+    bad input is one line and exit code 2, not a failed flow run."""
+    from tr111.errors import ConfigError, EmptyCorpusError
+    from tr111.ingest import check_corpus
+    from tr111.settings import Settings
+
+    settings = Settings.build(ollama_url=args.ollama_url, engine=args.engine, corpus_dir=args.corpus,
+                              warehouse_path=args.warehouse, out_dir=args.out,
+                              restart_strategy=args.restart)
+    if settings.restart_strategy == "command" and not settings.restart_command:
+        raise ConfigError("--restart command needs TR111_RESTART_COMMAND, a JSON list of argv strings")
+    try:
+        check_corpus(settings.corpus_dir)
+    except EmptyCorpusError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

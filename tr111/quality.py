@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Mapping, Sequence
 
-from tr111.effects import welch_compare
-
 DEFAULT_REQUIRED_SECTIONS = (
     "Executive Summary", "Methodology", "Results", "Analysis", "Recommendations", "Conclusion",
 )
@@ -326,6 +324,8 @@ def compare_quality(
     ``below`` when mean < baseline mean - margin, and (if ``require_significance``)
     Welch's p < alpha as well.
     """
+    from tr111.effects import welch_compare  # pandas/statsmodels: only when comparing
+
     baseline_scores = [s.overall for s in per_config.get(baseline_id, ())]
     result: list[QualityComparison] = []
     for config_id in sorted(per_config):

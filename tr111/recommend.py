@@ -8,14 +8,13 @@ actually distinguishable from the runner-up (Welch from summary statistics).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
-
-import pandas as pd
-from scipy import stats as sps
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tr111.stats import DistributionSummary
+
+if TYPE_CHECKING:  # pandas and scipy.stats stay out of the report's import path (memory)
+    import pandas as pd
 
 ALPHA = 0.05
 
@@ -53,12 +52,14 @@ def _param(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def summaries_from_calls(df: pd.DataFrame, *, baseline_id: str | None = None) -> list[ConfigSummary]:
+def summaries_from_calls(df: "pd.DataFrame", *, baseline_id: str | None = None) -> list[ConfigSummary]:
     """Build ConfigSummary per config from a calls DataFrame.
 
     Throughput uses every call; TTFT only warm calls (``is_cold`` False, all
     calls when the column is absent).
     """
+    import pandas as pd
+
     result: list[ConfigSummary] = []
     if df is None or len(df) == 0:
         return result
@@ -84,10 +85,13 @@ def welch_p_from_summaries(a: DistributionSummary, b: DistributionSummary) -> fl
         return None
     if a.stddev == 0 and b.stddev == 0:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = sps.ttest_ind_from_stats(a.mean, a.stddev, a.n, b.mean, b.stddev, b.n, equal_var=False)
-    return float(result.pvalue)
+    # Welch-Satterthwaite, as scipy.stats.ttest_ind_from_stats(equal_var=False) computes it
+    from scipy.special import stdtr
+
+    va, vb = a.stddev ** 2 / a.n, b.stddev ** 2 / b.n
+    t = (a.mean - b.mean) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    return float(2.0 * stdtr(df, -abs(t)))
 
 
 def _resource_key(summary: Any) -> tuple:

@@ -102,3 +102,16 @@ def m001_core_tables(con: duckdb.DuckDBPyConnection) -> None:
                sum(eval_count) AS total_tokens
         FROM stat_calls
         GROUP BY sweep_id, config_id""")
+
+
+@migration
+def m002_quality_scores(con: duckdb.DuckDBPyConnection) -> None:
+    """Automated quality scores of report-stage responses (tr111.quality), one row per call."""
+    con.execute("""
+        CREATE TABLE quality_scores (
+            sweep_id VARCHAR, config_id VARCHAR, run_number INTEGER, attempt INTEGER,
+            stage VARCHAR, run_attempt INTEGER, sections_present DOUBLE, markdown_structure DOUBLE,
+            numeric_grounding DOUBLE, repetition DOUBLE, length_words INTEGER, overall DOUBLE,
+            missing_sections VARCHAR, ungrounded_numbers INTEGER, notes VARCHAR,
+            scorer_version VARCHAR, scored_at TIMESTAMPTZ,
+            PRIMARY KEY (sweep_id, config_id, run_number, attempt))""")

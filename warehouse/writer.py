@@ -45,6 +45,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("gpu_samples", I)]),
     "ingest_problems": pa.schema([
         ("sweep_id", S), ("corpus_fingerprint", S), ("path", S), ("kind", S), ("detail", S)]),
+    "quality_scores": pa.schema([
+        ("sweep_id", S), ("config_id", S), ("run_number", I), ("attempt", I), ("stage", S),
+        ("run_attempt", I), ("sections_present", F), ("markdown_structure", F),
+        ("numeric_grounding", F), ("repetition", F), ("length_words", I), ("overall", F),
+        ("missing_sections", S), ("ungrounded_numbers", I), ("notes", S), ("scorer_version", S),
+        ("scored_at", TS)]),
 }
 
 
@@ -139,3 +145,23 @@ def record_run(path: Path, run: dict, calls: list[dict]) -> None:
 def record_ingest_problems(path: Path, sweep_id: str, fingerprint: str, problems: list[dict]) -> None:
     rows = [{"sweep_id": sweep_id, "corpus_fingerprint": fingerprint, **p} for p in problems]
     _transaction(Path(path), lambda con: _insert(con, "ingest_problems", rows, replace=True))
+
+
+def record_quality_scores(path: Path, scores: list[dict]) -> None:
+    """Quality scores of report calls; a rescore (new scorer version) replaces the old row.
+
+    Plain parameter binding, not pyarrow: ``pa.table`` imports pandas, and the
+    report that calls this must stay light.
+    """
+    names = SCHEMAS["quality_scores"].names
+    for row in scores:
+        extra = set(row) - set(names)
+        if extra:
+            raise KeyError(f"quality_scores: unknown columns {sorted(extra)}")
+    values = [[row.get(name) for name in names] for row in scores]
+
+    def work(con):
+        if values:
+            con.executemany(f"INSERT OR REPLACE INTO quality_scores ({', '.join(names)}) "
+                            f"VALUES ({', '.join('?' for _ in names)})", values)
+    _transaction(Path(path), work)

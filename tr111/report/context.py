@@ -1,90 +1,215 @@
-"""Build the report's context from the warehouse: every number comes from recorded rows."""
+"""Build the report's context from the warehouse: every number comes from recorded rows.
+
+Aggregation happens in DuckDB (tr111.report.queries); the statistics on top
+(CIs, Welch, ANOVA) work on those aggregates (tr111.report.numeric). Nothing
+here imports Prefect, pandas, statsmodels or matplotlib.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 
-from warehouse.reader import rows, sweep_row
+from tr111.report import analysis, history, queries, scoring, sections
+from warehouse.reader import sweep_row
 
-PARAMS = (("num_gpu", "GPU layers (num_gpu)"), ("num_ctx", "Context size (num_ctx)"),
-          ("temperature", "Temperature"))
+LIST_LIMIT = 200  # rows of run / failure tables listed in full; beyond, failures only
 
 
 @dataclass
 class ReportContext:
     sweep: dict
     matrix: dict
+    environment: dict
     configs: list[dict]
-    aggregate: list[dict]
-    rankings: dict[str, list[dict]]
-    sensitivity: list[dict]
+    entries: list[dict]
+    rankings: dict
+    standing: dict
+    population: dict
+    effects: dict
+    chimera: dict
+    quality: dict
+    gpu: list[dict] | None
+    recommendations: list
+    regressions: dict
+    trend: dict
     runs: list[dict]
-    calls: list[dict]
+    failed_calls: list[dict]
     problems: list[dict]
-    counts: dict = field(default_factory=dict)
+    counts: dict
+    findings: dict
+    limitations: list[str]
+    threshold_pct: float
+    warehouse_path: str | None = None
+    plots: dict = field(default_factory=dict)
+
+    @property
+    def aggregate(self) -> list[dict]:
+        return self.entries
 
     def as_dict(self) -> dict:
-        return self.__dict__
+        out = dict(self.__dict__)
+        out["aggregate"] = self.entries
+        return out
 
 
-def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str) -> ReportContext:
+def environment(sweep: dict, configs: list[dict]) -> dict:
+    """Host, software and model as detected at run time (sweeps.environment_json, /api/show, /api/ps)."""
+    try:
+        env = json.loads(sweep.get("environment_json") or "{}") or {}
+    except ValueError:
+        env = {}
+    show = env.get("show") or next((c["show"] for c in configs if c.get("show")), None) or {}
+    ps = next((c["ps"] for c in configs if c.get("ps")), None) or {}
+    details = dict(show.get("details") or ps.get("details") or {})
+    info = show.get("model_info") or {}
+    arch = info.get("general.architecture")
+    return {
+        "host": env.get("host") or sweep.get("host"), "os": env.get("os"), "python": env.get("python"),
+        "cpu": env.get("cpu"), "cpu_count": env.get("cpu_count"), "memory_gib": env.get("memory_gib"),
+        "gpus": env.get("gpus") or [], "engine": sweep.get("engine") or "ollama",
+        "server_version": sweep.get("server_version"), "engine_model_file": sweep.get("engine_model_file"),
+        "tr111_version": sweep.get("tr111_version"), "model": sweep.get("model"),
+        "digest": ps.get("digest"), "family": details.get("family"), "format": details.get("format"),
+        "parameter_size": details.get("parameter_size"),
+        "quantization": details.get("quantization_level"),
+        "parameter_count": info.get("general.parameter_count"),
+        "trained_context": info.get(f"{arch}.context_length") if arch else None,
+        "size_vram": ps.get("size_vram"),
+    }
+
+
+def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str, *, threshold_pct: float | None = None,
+                  extra_scores: list[dict] | None = None, score_missing: bool = True) -> ReportContext:
+    """Everything the templates print. ``extra_scores``: quality scores not (yet) stored.
+
+    With ``score_missing`` the report calls that have no stored quality score are
+    scored here (in memory) so a read-only warehouse still gets a quality section.
+    """
+    if threshold_pct is None:
+        from tr111.settings import Settings
+
+        threshold_pct = Settings.build().regression_threshold_pct
     sweep = sweep_row(con, sweep_id)
     matrix = json.loads(sweep.get("matrix_json") or "{}")
-    configs = rows(con, "SELECT * FROM configs WHERE sweep_id = ? ORDER BY position", [sweep_id])
-    aggregate = rows(con, """
-        SELECT c.config_id, c.num_gpu, c.num_ctx, c.temperature, c.is_baseline,
-               s.calls, s.avg_throughput_tps, s.stddev_throughput_tps, s.cv_throughput_pct,
-               s.avg_ttft_ms, s.stddev_ttft_ms, s.cv_ttft_pct, s.total_tokens,
-               (SELECT count(*) FROM runs r WHERE r.sweep_id = c.sweep_id
-                  AND r.config_id = c.config_id AND r.status = 'ok') AS runs_ok
-        FROM configs c LEFT JOIN config_summary s USING (sweep_id, config_id)
-        WHERE c.sweep_id = ? ORDER BY c.position""", [sweep_id])
-    measured = [a for a in aggregate if a["calls"]]
-    rankings = {
-        "throughput": sorted(measured, key=lambda a: -(a["avg_throughput_tps"] or 0))[:5],
-        "ttft": sorted(measured, key=lambda a: a["avg_ttft_ms"] or float("inf"))[:5],
-        "consistency": sorted([a for a in measured if a["cv_throughput_pct"] is not None],
-                              key=lambda a: a["cv_throughput_pct"])[:5],
+    params = list((matrix.get("grid") or {}).keys())
+    for column in ("num_gpu", "num_ctx", "temperature"):
+        if column not in params:
+            params.append(column)
+    configs = queries.configs(con, sweep_id, params)
+    calls = queries.call_stats(con, sweep_id)
+    runs = queries.run_stats(con, sweep_id)
+    items = sections.entries(configs, calls, runs)
+
+    extra = list(extra_scores or [])
+    if score_missing:
+        extra += list(scoring.score_pending(con, sweep_id))
+    table = scoring.register_scores(con, sweep_id, extra)
+    quality = sections.quality(items, queries.quality_stats(con, sweep_id, table))
+    quality["unstored"] = len(extra)
+
+    run_list, counts = queries.runs(con, sweep_id, LIST_LIMIT)
+    counts["configs"] = len(configs)
+    counts["configs_measured"] = sum(1 for e in items if e["calls"])
+    counts["calls_stat"] = sum(e["calls"] for e in items)
+    counts["cold_calls"] = sum(e["cold_calls"] for e in items)
+    counts["total_tokens"] = sum(e["total_tokens"] or 0 for e in items)
+
+    ctx = ReportContext(
+        sweep=sweep, matrix=matrix, environment=environment(sweep, configs), configs=configs,
+        entries=items, rankings=sections.rankings(items),
+        standing={"tps": sections.standing(items, "tps", descending=True),
+                  "ttft_warm": sections.standing(items, "ttft_warm", descending=False)},
+        population=sections.populations(items),
+        effects=analysis.parameter_effects(configs, runs, matrix),
+        chimera=sections.chimera(items), quality=quality,
+        gpu=sections.gpu_rows(queries.gpu_stats(con, sweep_id), items),
+        recommendations=sections.recommendations(items),
+        regressions=history.regression_section(con, sweep, threshold_pct),
+        trend=history.trend_section(con, sweep),
+        runs=run_list, failed_calls=queries.failed_calls(con, sweep_id, LIST_LIMIT),
+        problems=queries.problems(con, sweep_id, LIST_LIMIT), counts=counts, findings={},
+        limitations=[], threshold_pct=threshold_pct,
+        warehouse_path=queries.scalar(con, "SELECT file FROM pragma_database_list "
+                                           "WHERE name = current_database()"))
+    ctx.findings = findings(ctx)
+    ctx.limitations = limitations(ctx)
+    return ctx
+
+
+def findings(ctx: ReportContext) -> dict[str, Any]:
+    """The executive summary's key findings, as values (the template words them)."""
+    pop = ctx.population
+    baseline = next((e for e in ctx.entries if e["is_baseline"]), None)
+    measured = [e for e in ctx.entries if e["tps"].n]
+    cold_means = [e["ttft_cold"].mean for e in ctx.entries if e["ttft_cold"].mean is not None]
+    warm_means = [e["ttft_warm"].mean for e in ctx.entries if e["ttft_warm"].mean is not None]
+    tps_cvs = [e["tps"].cv_pct for e in ctx.entries if e["tps"].cv_pct is not None]
+    warm_cvs = [e["ttft_warm"].cv_pct for e in ctx.entries if e["ttft_warm"].cv_pct is not None]
+    significant = {key: [t for t in a["main"] + a["interactions"] if t["significant"]]
+                   for key, a in ctx.effects.get("anova", {}).items()}
+    return {
+        "tps_spread_pct": sections.spread_pct(pop["tps"].min, pop["tps"].max),
+        "warm_spread_pct": sections.spread_pct(pop["ttft_warm"].min, pop["ttft_warm"].max),
+        "best_tps": ctx.rankings["throughput"][0]["entry"] if ctx.rankings["throughput"] else None,
+        "best_ttft": ctx.rankings["ttft"][0]["entry"] if ctx.rankings["ttft"] else None,
+        "baseline": baseline, "measured": len(measured),
+        "baseline_rank_tps": ctx.standing["tps"].get(baseline["config_id"]) if baseline else None,
+        "baseline_rank_ttft": ctx.standing["ttft_warm"].get(baseline["config_id"]) if baseline else None,
+        "ranked_tps": len(ctx.standing["tps"]), "ranked_ttft": len(ctx.standing["ttft_warm"]),
+        "cold_mean": sum(cold_means) / len(cold_means) if cold_means else None,
+        "warm_mean": sum(warm_means) / len(warm_means) if warm_means else None,
+        "tps_cv_range": (min(tps_cvs), max(tps_cvs)) if tps_cvs else None,
+        "warm_cv_range": (min(warm_cvs), max(warm_cvs)) if warm_cvs else None,
+        "significant": significant,
+        "others_tps_mean": _mean([e["tps"].mean for e in ctx.entries if not e["is_baseline"]]),
+        "others_warm_mean": _mean([e["ttft_warm"].mean for e in ctx.entries if not e["is_baseline"]]),
+        "tokens_range": _range([e["total_tokens"] for e in measured if e["total_tokens"] is not None]),
     }
-    sensitivity = []
-    for column, label in PARAMS:
-        levels = rows(con, f"""
-            SELECT g.{column} AS level, count(*) AS calls, count(DISTINCT g.config_id) AS configs,
-                   avg(c.throughput_tps) AS avg_throughput_tps, avg(c.ttft_ms) AS avg_ttft_ms
-            FROM stat_calls c JOIN configs g USING (sweep_id, config_id)
-            WHERE c.sweep_id = ? AND NOT g.is_baseline AND g.{column} IS NOT NULL
-            GROUP BY g.{column} ORDER BY g.{column}""", [sweep_id])
-        if len(levels) >= 2:
-            sensitivity.append({"parameter": column, "label": label, "levels": levels,
-                                **_deltas(levels)})
-    runs = rows(con, "SELECT * FROM runs WHERE sweep_id = ? ORDER BY started_at", [sweep_id])
-    calls = rows(con, "SELECT * FROM llm_calls WHERE sweep_id = ? ORDER BY started_at, attempt",
-                 [sweep_id])
-    problems = rows(con, "SELECT path, kind, detail FROM ingest_problems WHERE sweep_id = ? "
-                         "ORDER BY path, kind", [sweep_id])
-    counts = {
-        "configs": len(configs), "runs": len(runs),
-        "runs_ok": sum(r["status"] == "ok" for r in runs),
-        "calls_ok": sum(c["status"] == "ok" for c in calls),
-        "calls_error": sum(c["status"] == "error" for c in calls),
-    }
-    return ReportContext(sweep, matrix, configs, aggregate, rankings, sensitivity, runs, calls,
-                         problems, counts)
 
 
-def _deltas(levels: list[dict]) -> dict:
-    def spread(key: str) -> tuple[float | None, float | None]:
-        values = [lv[key] for lv in levels if lv[key] is not None]
-        if len(values) < 2:
-            return None, None
-        delta = max(values) - min(values)
-        mean = sum(values) / len(values)
-        return delta, (delta / mean * 100 if mean else None)
+def _mean(values: list) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
 
-    tps, tps_pct = spread("avg_throughput_tps")
-    ttft, ttft_pct = spread("avg_ttft_ms")
-    return {"delta_throughput_tps": tps, "delta_throughput_pct": tps_pct,
-            "delta_ttft_ms": ttft, "delta_ttft_pct": ttft_pct}
+
+def _range(values: list) -> tuple | None:
+    return (min(values), max(values)) if values else None
+
+
+def limitations(ctx: ReportContext) -> list[str]:
+    """Limits of this data set, stated from the data (the template adds fixed method limits)."""
+    out = []
+    run_counts = [e["runs"] for e in ctx.entries if e["runs"]]
+    if run_counts:
+        low, high = min(run_counts), max(run_counts)
+        per = f"{low}" if low == high else f"{low}–{high}"
+        out.append(f"{per} successful run(s) per config: run-level tests (Welch, ANOVA) have few "
+                   "degrees of freedom, and a real difference smaller than the run-to-run noise "
+                   "will read as \"not significant\".")
+    host = ctx.environment.get("host")
+    out.append(f"One host ({host or 'unknown'}), one server ({ctx.environment['engine']} "
+               f"{ctx.environment.get('server_version') or ''}".rstrip() + "), one model "
+               f"(`{ctx.sweep.get('model')}`): results do not transfer to other hardware or models "
+               "without a new sweep.")
+    if ctx.counts.get("cold_calls"):
+        out.append(f"{ctx.counts['cold_calls']} cold call(s) paid a model load; they are excluded "
+                   "from warm TTFT and shown separately, so warm TTFT describes a loaded model only.")
+    if ctx.counts.get("calls_error") or ctx.counts["runs"] - ctx.counts["runs_ok"]:
+        out.append(f"{ctx.counts.get('calls_error', 0)} failed call attempt(s) and "
+                   f"{ctx.counts['runs'] - ctx.counts['runs_ok']} failed run(s) are excluded from the "
+                   "statistics (listed in the runs and faults section).")
+    if ctx.counts.get("truncated"):
+        out.append(f"{ctx.counts['truncated']} call(s) had their prompt truncated by the server's "
+                   "context window: those configs answered a shorter prompt than the others.")
+    for key, result in ctx.effects.get("anova", {}).items():
+        if result.get("note"):
+            out.append(f"ANOVA of {result['metric']['name']}: {result['note']}.")
+    if ctx.gpu is None:
+        out.append("No GPU telemetry was recorded: memory, utilisation, power and energy are not reported.")
+    if not ctx.regressions.get("previous"):
+        out.append("No earlier completed sweep of the same matrix and model: no regression check.")
+    return out

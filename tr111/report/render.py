@@ -1,25 +1,34 @@
-"""Write the report folder: technical_report.md, and per config metrics.json + run reports.
+"""Write the report folder: technical_report.md, its plots, per config metrics.json + run reports.
 
 Layout follows the study's Appendix E: ``<out>/<sweep_id>/<config_id>/metrics.json``
-and the LLM-written report of each run as markdown beside it.
+and the LLM-written report of each run as markdown beside it. Raw rows are
+streamed (DuckDB COPY, cursor batches), never loaded whole.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
+import duckdb
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from tr111.matrix import validate_id
 from tr111.report.context import ReportContext
+
+BATCH = 256
 
 
 def _fmt(value, digits: int = 2) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
+        if not math.isfinite(value):
+            return "n/a"
         return f"{value:,.{digits}f}"
     return str(value)
 
@@ -30,12 +39,53 @@ def _cell(value) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
 
 
+def _pval(value) -> str:
+    """p-values: 4 decimals, or "< 0.0001"."""
+    if value is None:
+        return "n/a"
+    return "< 0.0001" if value < 0.0001 else f"{value:.4f}"
+
+
+def _peq(value) -> str:
+    """For prose: "= 0.0123" or "< 0.0001" (so a sentence reads "p < 0.0001")."""
+    if value is None:
+        return "n/a"
+    return "< 0.0001" if value < 0.0001 else f"= {value:.4f}"
+
+
+def _verdict(value, alpha: float = 0.05) -> str:
+    if value is None:
+        return "not tested"
+    return "significant" if value < alpha else "not significant"
+
+
+def _ci(summary, digits: int = 2) -> str:
+    low, high = getattr(summary, "ci95_low", None), getattr(summary, "ci95_high", None)
+    if low is None or high is None:
+        return "n/a"
+    return f"[{_fmt(low, digits)}, {_fmt(high, digits)}]"
+
+
+def _level(value) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _signed(value, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    return ("+" if value >= 0 else "-") + _fmt(abs(value), digits)
+
+
 def environment(templates_dir: Path) -> Environment:
     env = Environment(loader=FileSystemLoader(str(templates_dir)), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True)
-    env.filters["fmt"] = _fmt
-    env.filters["cell"] = _cell
+    env.filters.update(fmt=_fmt, cell=_cell, pval=_pval, peq=_peq, verdict=_verdict, ci=_ci, level=_level,
+                       signed=_signed, from_json=lambda text: json.loads(text or "{}"))
     return env
 
 
@@ -53,32 +103,171 @@ def _inside(base: Path, path: Path) -> Path:
     return path
 
 
-def write_report(ctx: ReportContext, out_dir: Path, templates_dir: Path) -> Path:
-    """Render everything for one sweep; returns the technical report's path."""
-    sweep_id = validate_id(ctx.sweep["sweep_id"], "sweep id")
-    base = Path(out_dir)
-    folder = _inside(base, base / sweep_id)
-    folder.mkdir(parents=True, exist_ok=True)
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _by_config(con: duckdb.DuckDBPyConnection, sql: str, params: list, scratch: Path):
+    """Stream ``sql`` (its first column ``_cfg`` = config id, rows ordered by it) as JSON text per config.
+
+    One DuckDB COPY writes newline-delimited JSON; each line is cut back to the
+    row's own object and yielded as (config_id, line), so a sweep of any size
+    passes through in one scan and constant memory.
+    """
+    con.execute(f"COPY ({sql}) TO {_sql_path(scratch)} (FORMAT JSON)", params)
+    with open(scratch, encoding="utf-8") as src:
+        for line in src:
+            if not line.startswith('{"_cfg":"'):
+                continue
+            end = line.index('"', 9)
+            config_id = line[9:end]
+            rest = line[end + 1:].rstrip("\n")
+            yield config_id, "{" + rest[1:] if rest.startswith(",") else "{}"
+
+
+def _write_arrays(con, sql: str, params: list, scratch: Path, out: dict[str, Path]) -> None:
+    """Per config, a JSON array of its rows in ``out[config_id]`` (a file path)."""
+    handles: dict[str, Any] = {}
+    try:
+        for config_id, obj in _by_config(con, sql, params, scratch):
+            if config_id not in out:
+                continue
+            fh = handles.get(config_id)
+            if fh is None:
+                fh = handles[config_id] = open(out[config_id], "w", encoding="utf-8")
+                fh.write("[\n")
+            else:
+                fh.write(",\n")
+            fh.write(obj)
+    finally:
+        for fh in handles.values():
+            fh.write("\n]")
+            fh.close()
+        scratch.unlink(missing_ok=True)
+    for config_id, path in out.items():
+        if config_id not in handles:
+            path.write_text("[]", encoding="utf-8")
+
+
+def write_raw(con: duckdb.DuckDBPyConnection, ctx: ReportContext, base: Path, folder: Path,
+              templates_dir: Path) -> None:
+    """Per config: metrics.json (config, runs, every call) and reports/run<N>_attempt<A>.md."""
+    sweep_id = ctx.sweep["sweep_id"]
     env = environment(templates_dir)
-    report_path = folder / "technical_report.md"
-    report_path.write_text(env.get_template("report/technical_report.md.j2").render(**ctx.as_dict()),
-                           encoding="utf-8")
     run_template = env.get_template("report/run_report.md.j2")
+    by_id = {}
     for config in ctx.configs:
         config_id = validate_id(config["config_id"], "config id")
         config_dir = _inside(base, folder / config_id)
-        config_dir.mkdir(exist_ok=True)
-        calls = [c for c in ctx.calls if c["config_id"] == config_id]
-        runs = [r for r in ctx.runs if r["config_id"] == config_id]
-        metrics = {"sweep_id": sweep_id, "config": config, "runs": runs, "llm_calls": calls}
-        (config_dir / "metrics.json").write_text(
-            json.dumps(metrics, indent=2, default=_json_default), encoding="utf-8")
-        reports_dir = config_dir / "reports"
-        reports_dir.mkdir(exist_ok=True)
-        for call in calls:
-            if call["stage"] != "report" or call["status"] != "ok":
+        (config_dir / "reports").mkdir(parents=True, exist_ok=True)
+        by_id[config_id] = (config, config_dir)
+    parts = {name: {cid: d / f".{name}.json.part" for cid, (_, d) in by_id.items()} for name in ("runs", "calls")}
+    try:
+        _write_arrays(con, "SELECT config_id AS _cfg, * FROM runs WHERE sweep_id = ? "
+                           "ORDER BY config_id, started_at, run_number", [sweep_id],
+                      folder / ".runs.ndjson.tmp", parts["runs"])
+        _write_arrays(con, "SELECT config_id AS _cfg, * FROM llm_calls WHERE sweep_id = ? "
+                           "ORDER BY config_id, started_at, run_number, stage, attempt", [sweep_id],
+                      folder / ".calls.ndjson.tmp", parts["calls"])
+        for config_id, (config, config_dir) in by_id.items():
+            plain = {k: v for k, v in config.items() if k not in ("options", "levels", "show", "ps")}
+            with open(config_dir / "metrics.json", "w", encoding="utf-8") as out:
+                out.write('{\n"sweep_id": ' + json.dumps(sweep_id) + ',\n"config": '
+                          + json.dumps(plain, default=_json_default) + ',\n"runs": ')
+                for part, tail in ((parts["runs"][config_id], ',\n"llm_calls": '),
+                                   (parts["calls"][config_id], "}\n")):
+                    with open(part, encoding="utf-8") as src:
+                        shutil.copyfileobj(src, out)
+                    out.write(tail)
+    finally:
+        for group in parts.values():
+            for part in group.values():
+                part.unlink(missing_ok=True)
+    cur = con.cursor()
+    cur.execute("""SELECT config_id, run_number, attempt, model, eval_count, throughput_tps, response
+                   FROM llm_calls WHERE sweep_id = ? AND stage = 'report' AND status = 'ok'
+                   ORDER BY config_id, run_number, attempt""", [sweep_id])
+    names = [d[0] for d in cur.description]
+    while batch := cur.fetchmany(BATCH):
+        for values in batch:
+            call = dict(zip(names, values))
+            if call["config_id"] not in by_id:
                 continue
-            name = f"run{call['run_number']}_attempt{call['attempt']}.md"
-            (reports_dir / name).write_text(
-                run_template.render(call=call, sweep=ctx.sweep, config=config), encoding="utf-8")
+            config, config_dir = by_id[call["config_id"]]
+            target = config_dir / "reports" / f"run{call['run_number']}_attempt{call['attempt']}.md"
+            data = run_template.render(call=call, sweep=ctx.sweep, config=config).encode("utf-8")
+            try:
+                if target.stat().st_size == len(data) and target.read_bytes() == data:
+                    continue  # a re-render of an unchanged run: no rewrite
+            except FileNotFoundError:
+                pass
+            target.write_bytes(data)
+    cur.close()
+
+
+def summary(ctx: ReportContext) -> dict:
+    """The machine-readable gist of the report (summary.json): aggregate rows, regressions, tiers."""
+    def dist(d):
+        return {k: getattr(d, k) for k in ("n", "mean", "stddev", "cv_pct", "ci95_low", "ci95_high",
+                                            "p50", "p95")}
+
+    quality = {q["config_id"]: q["overall"] for q in ctx.quality["rows"]}
+    reg = ctx.regressions
+    return {
+        "sweep_id": ctx.sweep["sweep_id"], "model": ctx.sweep.get("model"), "status": ctx.sweep.get("status"),
+        "aggregate": [{"config_id": e["config_id"], "is_baseline": e["is_baseline"], "calls": e["calls"],
+                       "runs": e["runs"], "throughput_tps": dist(e["tps"]), "warm_ttft_ms": dist(e["ttft_warm"]),
+                       "cold_ttft_ms": dist(e["ttft_cold"]), "total_tokens": e["total_tokens"],
+                       "quality_overall": quality.get(e["config_id"])} for e in ctx.entries],
+        "regressions": {
+            "previous": reg.get("previous"), "threshold_pct": reg.get("threshold_pct"),
+            "flagged": reg.get("flagged", []),
+            "rows": [{"config_id": r["config_id"], "regression": r["regression"],
+                      **{f"{key}_{field}": r[key][field] for key in ("tps", "warm")
+                         for field in ("baseline_mean", "candidate_mean", "change_pct", "p_value")}}
+                     for r in reg.get("rows", [])]},
+        "quality_below_baseline": ctx.quality["below"],
+        "recommendations": [{"tier": t.name, "config_id": t.config_id, "value": t.value, "unit": t.unit}
+                            for t in ctx.recommendations],
+        "plots": ctx.plots,
+    }
+
+
+def report_folder(out_dir: Path, sweep_id: str) -> Path:
+    """``<out_dir>/<sweep_id>``, created; the id is checked so it cannot escape ``out_dir``."""
+    base = Path(out_dir)
+    folder = _inside(base, base / validate_id(sweep_id, "sweep id"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_report(ctx: ReportContext, out_dir: Path, templates_dir: Path,
+                 con: duckdb.DuckDBPyConnection | None = None, *, plots: bool = True,
+                 raw: bool = True) -> Path:
+    """Render everything for one sweep; returns the technical report's path.
+
+    ``raw``: also the per-config metrics.json and run reports, read through
+    ``con`` or, without one, a read-only connection to the context's warehouse.
+    """
+    base = Path(out_dir)
+    folder = report_folder(base, ctx.sweep["sweep_id"])
+    if plots:
+        from tr111.report.plots import write_plots
+
+        ctx.plots = write_plots(ctx, folder)
+    env = environment(templates_dir)
+    report_path = folder / "technical_report.md"
+    text = env.get_template("report/technical_report.md.j2").render(**ctx.as_dict())
+    report_path.write_text(text, encoding="utf-8")
+    (folder / "summary.json").write_text(json.dumps(summary(ctx), indent=1, default=_json_default),
+                                         encoding="utf-8")
+    if not raw:
+        return report_path
+    if con is not None:
+        write_raw(con, ctx, base, folder, templates_dir)
+    elif ctx.warehouse_path:
+        from warehouse import open_read_only
+
+        with open_read_only(ctx.warehouse_path) as own:
+            write_raw(own, ctx, base, folder, templates_dir)
     return report_path

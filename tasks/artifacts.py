@@ -1,0 +1,172 @@
+"""Prefect artifacts of a sweep: the report, the aggregate table, progress, regressions.
+
+Call these inside a flow run (they attach to the run in context), or pass
+``flow_run_id`` to attach to another run. They never raise: a Prefect API
+that is down must not fail a sweep whose rows are already in the warehouse;
+a failure is logged and None / an empty result comes back.
+
+Sweep flow wiring (flows/sweep.py)::
+
+    progress_id = artifacts.start_progress(sweep_id, total, done)     # at sweep start
+    artifacts.advance_progress(progress_id, done, total, last=key.name, status=row["status"])  # per run
+    published = artifacts.publish_report_artifacts(report_path)       # after tr111_report(publish=False)
+    published["regressions"]  # the flagged config ids
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+LOG = logging.getLogger("tr111.artifacts")
+KEYS = {"report": "tr111-report", "aggregate": "tr111-aggregate", "regressions": "tr111-regressions",
+        "progress": "tr111-progress"}
+MAX_MARKDOWN = 900_000  # characters; beyond, the artifact links to the file instead of embedding it
+
+
+def _quiet(fn):
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # an unreachable API or no run context: log, never fail the sweep
+            LOG.warning("tr111: could not publish a Prefect artifact (%s): %s", fn.__name__, exc)
+            return None
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _create(kind: str, *, key: str | None, description: str, flow_run_id: UUID | str | None,
+            **data: Any) -> UUID:
+    from prefect.artifacts import MarkdownArtifact, ProgressArtifact, TableArtifact
+
+    cls = {"markdown": MarkdownArtifact, "table": TableArtifact, "progress": ProgressArtifact}[kind]
+    extra = {"flow_run_id": UUID(str(flow_run_id))} if flow_run_id else {}
+    artifact = cls(key=key, description=description, **data, **extra)
+    return artifact.create(_sync=True).id  # type: ignore[call-arg]
+
+
+@_quiet
+def start_progress(sweep_id: str, total: int, done: int = 0, *,
+                   flow_run_id: UUID | str | None = None) -> UUID | None:
+    """A progress artifact for the sweep: done / total runs, in percent."""
+    return _create("progress", key=KEYS["progress"], flow_run_id=flow_run_id,
+                   progress=_pct(done, total),
+                   description=f"sweep {sweep_id}: {done} of {total} runs done")
+
+
+@_quiet
+def advance_progress(artifact_id: UUID | None, done: int, total: int, *, last: str | None = None,
+                     status: str | None = None) -> None:
+    """Set the progress artifact to done / total; ``last``/``status`` describe the run just finished."""
+    if artifact_id is None:
+        return None
+    from prefect.artifacts import update_progress_artifact
+
+    text = f"{done} of {total} runs done" + (f"; last: {last} ({status})" if last else "")
+    update_progress_artifact(artifact_id, _pct(done, total), description=text)
+    return None
+
+
+def _pct(done: int, total: int) -> float:
+    return round(100.0 * done / total, 1) if total else 100.0
+
+
+def _artifact_markdown(report: str, folder: Path) -> str:
+    """The report for the UI: image links (files beside the report) become their paths."""
+    text = re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)",
+                  lambda m: f"_Plot: {m.group(1)} — `{folder / m.group(2)}`_", report)
+    if len(text) > MAX_MARKDOWN:
+        head = text[:MAX_MARKDOWN].rsplit("\n## ", 1)[0]
+        text = head + f"\n\n_The report continues in `{folder / 'technical_report.md'}`._\n"
+    return text
+
+
+def aggregate_table(summary: dict) -> list[dict]:
+    """Rows of the table artifact (numbers as in the report's aggregate table)."""
+    def r(value, digits=2):
+        return None if value is None else round(value, digits)
+
+    rows = []
+    for a in summary["aggregate"]:
+        t, w, c = a["throughput_tps"], a["warm_ttft_ms"], a["cold_ttft_ms"]
+        rows.append({
+            "config": a["config_id"], "calls": a["calls"], "runs": a["runs"],
+            "throughput_tok_s": r(t["mean"]), "throughput_ci95": _ci(t), "throughput_cv_pct": r(t["cv_pct"]),
+            "warm_ttft_ms": r(w["mean"]), "warm_ttft_ci95": _ci(w), "warm_ttft_p50": r(w["p50"]),
+            "warm_ttft_p95": r(w["p95"]), "cold_ttft_ms": r(c["mean"]), "total_tokens": a["total_tokens"],
+            "quality": r(a["quality_overall"], 3),
+        })
+    return rows
+
+
+def _ci(d: dict) -> str | None:
+    if d["ci95_low"] is None:
+        return None
+    return f"[{d['ci95_low']:,.2f}, {d['ci95_high']:,.2f}]"
+
+
+def regressions_markdown(summary: dict) -> str:
+    reg = summary["regressions"]
+    sweep_id = summary["sweep_id"]
+    if not reg.get("previous"):
+        return (f"# Regression check: `{sweep_id}`\n\nNo earlier completed sweep of the same matrix and "
+                "model: nothing to compare with.\n")
+    flagged = reg["flagged"]
+    lines = [f"# Regression check: `{sweep_id}` vs `{reg['previous']}`", "",
+             (f"**{len(flagged)} config(s) regressed:** " + ", ".join(f"`{c}`" for c in flagged))
+             if flagged else "**No regression.**", "",
+             f"A regression is a change that is significant (Welch, p < 0.05) and worse than "
+             f"{reg['threshold_pct']:g}% (throughput lower or warm TTFT higher).", "",
+             "| Config | Throughput Δ% | p | Warm TTFT Δ% | p | Verdict |", "|---|---|---|---|---|---|"]
+
+    def pct(v):
+        return "n/a" if v is None else f"{v:+.2f}"
+
+    def p(v):
+        return "n/a" if v is None else ("< 0.0001" if v < 0.0001 else f"{v:.4f}")
+
+    for row in reg["rows"]:
+        lines.append(f"| `{row['config_id']}` | {pct(row['tps_change_pct'])} | {p(row['tps_p_value'])} | "
+                     f"{pct(row['warm_change_pct'])} | {p(row['warm_p_value'])} | "
+                     f"{'**REGRESSION**' if row['regression'] else 'ok'} |")
+    return "\n".join(lines) + "\n"
+
+
+def publish_report_artifacts(report_path: str | Path, *, flow_run_id: UUID | str | None = None,
+                             keyed: bool = True) -> dict[str, Any]:
+    """Markdown (the report), table (aggregate) and markdown (regressions) artifacts of a rendered report.
+
+    Reads ``technical_report.md`` and ``summary.json`` beside it. Returns
+    ``{"sweep_id", "regressions": [flagged config ids], "previous", "artifacts": {name: id}}``;
+    the regression list is read from the files even when publishing fails.
+    """
+    path = Path(report_path)
+    summary = json.loads((path.parent / "summary.json").read_text(encoding="utf-8"))
+    out: dict[str, Any] = {"sweep_id": summary["sweep_id"], "regressions": summary["regressions"]["flagged"],
+                           "previous": summary["regressions"]["previous"], "artifacts": {}}
+
+    def key(name: str) -> str | None:
+        return KEYS[name] if keyed else None
+
+    sweep_id = summary["sweep_id"]
+    out["artifacts"]["report"] = _quiet(_create)(
+        "markdown", key=key("report"), flow_run_id=flow_run_id,
+        description=f"Technical report of sweep {sweep_id} ({path})",
+        markdown=_artifact_markdown(path.read_text(encoding="utf-8"), path.parent))
+    out["artifacts"]["aggregate"] = _quiet(_create)(
+        "table", key=key("aggregate"), flow_run_id=flow_run_id,
+        description=f"Aggregate performance of sweep {sweep_id}: throughput over all calls, "
+                    "TTFT over warm calls, 95% CIs",
+        table=aggregate_table(summary))
+    flagged = out["regressions"]
+    out["artifacts"]["regressions"] = _quiet(_create)(
+        "markdown", key=key("regressions"), flow_run_id=flow_run_id,
+        description=(f"Sweep {sweep_id}: {len(flagged)} regression(s): {', '.join(flagged)}" if flagged
+                     else f"Sweep {sweep_id}: no regression"),
+        markdown=regressions_markdown(summary))
+    return out

@@ -1,0 +1,227 @@
+"""SQL behind the report: DuckDB aggregates per config, so no raw call rows reach Python.
+
+Statistics read the ``stat_calls`` view (successful analysis/report calls of
+each run's latest execution; warm-up calls are not in it). TTFT is split by
+``llm_calls.is_cold`` (NULL counts as warm: a call nobody classified paid no
+known load).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import duckdb
+
+from tr111.report.numeric import Cell, summary
+from tr111.stats import DistributionSummary
+from warehouse.reader import rows
+
+WARM = "NOT coalesce(is_cold, false)"
+COLD = "coalesce(is_cold, false)"
+GPU_COLUMNS = ("gpu_name", "gpu_mem_peak_mb", "gpu_util_mean_pct", "gpu_power_mean_w", "gpu_energy_j",
+               "gpu_energy_source")
+COMPLETED = ("completed", "completed_with_errors")
+
+
+def columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
+
+
+def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return bool(columns(con, table))
+
+
+def _dist(expr: str, prefix: str, where: str | None = None) -> str:
+    flt = f" FILTER (WHERE {where})" if where else ""
+    return ", ".join([
+        f"count({expr}){flt} AS {prefix}_n", f"avg({expr}){flt} AS {prefix}_mean",
+        f"stddev_samp({expr}){flt} AS {prefix}_sd", f"quantile_cont({expr}, 0.5){flt} AS {prefix}_p50",
+        f"quantile_cont({expr}, 0.95){flt} AS {prefix}_p95", f"min({expr}){flt} AS {prefix}_min",
+        f"max({expr}){flt} AS {prefix}_max"])
+
+
+def _summary(row: dict, prefix: str) -> DistributionSummary:
+    return summary(row[f"{prefix}_n"], row[f"{prefix}_mean"], row[f"{prefix}_sd"], row[f"{prefix}_p50"],
+                   row[f"{prefix}_p95"], row[f"{prefix}_min"], row[f"{prefix}_max"])
+
+
+def configs(con: duckdb.DuckDBPyConnection, sweep_id: str, params: list[str]) -> list[dict]:
+    """Config rows in matrix order, with ``levels``: the swept parameters' values (None: default)."""
+    out = rows(con, "SELECT * FROM configs WHERE sweep_id = ? ORDER BY position, config_id", [sweep_id])
+    for c in out:
+        options = json.loads(c.get("options_json") or "{}")
+        c["options"] = options
+        c["levels"] = {p: (None if c["is_baseline"] else options.get(p)) for p in params}
+        for name in ("show_json", "ps_json"):
+            try:
+                c[name[:-5]] = json.loads(c.get(name) or "null")
+            except ValueError:
+                c[name[:-5]] = None
+    return out
+
+
+def call_stats(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict[str, dict]:
+    """Per config: call-level distributions of throughput and TTFT (all / warm / cold)."""
+    sql = f"""
+        SELECT config_id, count(*) AS calls, count(DISTINCT run_number) AS runs,
+               sum(eval_count) AS total_tokens,
+               count(*) FILTER (WHERE {COLD}) AS cold_calls,
+               avg(load_duration_ms) FILTER (WHERE {COLD}) AS cold_load_ms,
+               avg(load_duration_ms) FILTER (WHERE {WARM}) AS warm_load_ms,
+               {_dist('throughput_tps', 'tps')}, {_dist('ttft_ms', 'ttft')},
+               {_dist('ttft_ms', 'warm', WARM)}, {_dist('ttft_ms', 'cold', COLD)}
+        FROM stat_calls WHERE sweep_id = ? GROUP BY config_id"""
+    out = {}
+    for r in rows(con, sql, [sweep_id]):
+        out[r["config_id"]] = {
+            "calls": r["calls"], "runs": r["runs"], "total_tokens": r["total_tokens"],
+            "cold_calls": r["cold_calls"], "cold_load_ms": r["cold_load_ms"],
+            "warm_load_ms": r["warm_load_ms"], "tps": _summary(r, "tps"), "ttft": _summary(r, "ttft"),
+            "ttft_warm": _summary(r, "warm"), "ttft_cold": _summary(r, "cold")}
+    return out
+
+
+def run_stats(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict[str, dict]:
+    """Per config: run-level observations (mean of a run's calls) of throughput and warm TTFT.
+
+    Runs are the independent replicates, so tests (ANOVA, Welch, regressions)
+    use these; ``*_ss`` is the sum of squared deviations of the run means.
+    """
+    sql = f"""
+        WITH r AS (
+            SELECT config_id, run_number, avg(throughput_tps) AS tps,
+                   avg(ttft_ms) FILTER (WHERE {WARM}) AS warm
+            FROM stat_calls WHERE sweep_id = ? GROUP BY config_id, run_number)
+        SELECT config_id,
+               count(tps) AS tps_n, avg(tps) AS tps_mean, stddev_samp(tps) AS tps_sd,
+               var_pop(tps) * count(tps) AS tps_ss,
+               count(warm) AS warm_n, avg(warm) AS warm_mean, stddev_samp(warm) AS warm_sd,
+               var_pop(warm) * count(warm) AS warm_ss
+        FROM r GROUP BY config_id"""
+    out = {}
+    for r in rows(con, sql, [sweep_id]):
+        out[r["config_id"]] = {key: {"n": r[f"{key}_n"], "mean": r[f"{key}_mean"], "sd": r[f"{key}_sd"],
+                                     "ss": r[f"{key}_ss"] or 0.0} for key in ("tps", "warm")}
+    return out
+
+
+def cells(config_list: list[dict], runs: dict[str, dict], key: str, factors: list[str]) -> list[Cell]:
+    """One ANOVA cell per non-baseline config: its levels and its run-level n / mean / SS."""
+    out = []
+    for c in config_list:
+        stats = runs.get(c["config_id"], {}).get(key)
+        levels = tuple(c["levels"].get(f) for f in factors)
+        if c["is_baseline"] or not stats or not stats["n"] or any(v is None for v in levels):
+            continue
+        out.append(Cell(levels, int(stats["n"]), float(stats["mean"]), float(stats["ss"])))
+    return out
+
+
+def gpu_stats(con: duckdb.DuckDBPyConnection, sweep_id: str) -> list[dict] | None:
+    """Per-config GPU telemetry; None when the columns do not exist or every value is NULL."""
+    have = columns(con, "llm_calls")
+    if not set(GPU_COLUMNS) <= have:
+        return None
+    if con.execute("SELECT 1 FROM llm_calls WHERE sweep_id = ? AND gpu_name IS NOT NULL LIMIT 1",
+                   [sweep_id]).fetchone() is None:
+        return None
+    out = rows(con, """
+        SELECT config_id, count(*) FILTER (WHERE gpu_name IS NOT NULL) AS calls,
+               string_agg(DISTINCT gpu_name, ', ') AS gpu_name,
+               max(gpu_mem_peak_mb) AS mem_peak_mb, avg(gpu_util_mean_pct) AS util_pct,
+               avg(gpu_power_mean_w) AS power_w, sum(gpu_energy_j) AS energy_j,
+               sum(eval_count) FILTER (WHERE gpu_energy_j IS NOT NULL) AS energy_tokens,
+               string_agg(DISTINCT gpu_energy_source, ', ') AS energy_source
+        FROM stat_calls WHERE sweep_id = ? GROUP BY config_id ORDER BY config_id""", [sweep_id])
+    if not any(r["calls"] for r in out):
+        return None
+    for r in out:
+        r["j_per_token"] = (r["energy_j"] / r["energy_tokens"]
+                            if r["energy_j"] is not None and r["energy_tokens"] else None)
+    return out
+
+
+def runs(con: duckdb.DuckDBPyConnection, sweep_id: str, limit: int) -> tuple[list[dict], dict]:
+    counts = rows(con, """
+        SELECT count(*) AS runs, count(*) FILTER (WHERE status = 'ok') AS runs_ok,
+               count(DISTINCT config_id) AS configs_run FROM runs WHERE sweep_id = ?""", [sweep_id])[0]
+    calls = rows(con, f"""
+        SELECT count(*) FILTER (WHERE status = 'ok') AS calls_ok,
+               count(*) FILTER (WHERE status = 'error') AS calls_error
+               {', count(*) FILTER (WHERE truncated) AS truncated' if 'truncated' in columns(con, 'llm_calls') else ''}
+        FROM llm_calls WHERE sweep_id = ?""", [sweep_id])[0]
+    counts.update(calls)
+    counts.setdefault("truncated", 0)
+    where = "" if counts["runs"] <= limit else "AND status <> 'ok'"
+    listed = rows(con, f"SELECT * FROM runs WHERE sweep_id = ? {where} ORDER BY started_at, config_id, "
+                       f"run_number LIMIT {int(limit)}", [sweep_id])
+    counts["runs_listed_all"] = counts["runs"] <= limit
+    return listed, counts
+
+
+def failed_calls(con: duckdb.DuckDBPyConnection, sweep_id: str, limit: int) -> list[dict]:
+    return rows(con, f"""
+        SELECT config_id, run_number, stage, attempt, error FROM llm_calls
+        WHERE sweep_id = ? AND status = 'error' ORDER BY started_at, config_id, run_number, attempt
+        LIMIT {int(limit)}""", [sweep_id])
+
+
+def problems(con: duckdb.DuckDBPyConnection, sweep_id: str, limit: int) -> list[dict]:
+    return rows(con, f"SELECT path, kind, detail FROM ingest_problems WHERE sweep_id = ? "
+                     f"ORDER BY path, kind LIMIT {int(limit)}", [sweep_id])
+
+
+def same_matrix_sweeps(con: duckdb.DuckDBPyConnection, sweep: dict, limit: int = 30) -> list[dict]:
+    """Completed sweeps of the same matrix and model, up to and including this one, oldest first."""
+    out = rows(con, f"""
+        SELECT sweep_id, started_at, status FROM sweeps
+        WHERE matrix_json = ? AND model = ? AND started_at <= ?
+          AND (status IN {COMPLETED} OR sweep_id = ?)
+        ORDER BY started_at DESC, sweep_id DESC LIMIT {int(limit)}""",
+               [sweep.get("matrix_json"), sweep.get("model"), sweep.get("started_at"), sweep["sweep_id"]])
+    return out[::-1]
+
+
+def previous_sweep(con: duckdb.DuckDBPyConnection, sweep: dict) -> str | None:
+    row = con.execute(f"""
+        SELECT sweep_id FROM sweeps
+        WHERE matrix_json = ? AND model = ? AND status IN {COMPLETED} AND sweep_id <> ?
+          AND started_at < ?
+        ORDER BY started_at DESC, sweep_id DESC LIMIT 1""",
+                      [sweep.get("matrix_json"), sweep.get("model"), sweep["sweep_id"],
+                       sweep.get("started_at")]).fetchone()
+    return row[0] if row else None
+
+
+def trend(con: duckdb.DuckDBPyConnection, sweep_ids: list[str]) -> list[dict]:
+    """Per sweep and config: mean throughput and mean warm TTFT (call level)."""
+    if not sweep_ids:
+        return []
+    marks = ", ".join("?" for _ in sweep_ids)
+    return rows(con, f"""
+        SELECT sweep_id, config_id, avg(throughput_tps) AS tps, avg(ttft_ms) FILTER (WHERE {WARM}) AS warm
+        FROM stat_calls WHERE sweep_id IN ({marks}) GROUP BY sweep_id, config_id""", list(sweep_ids))
+
+
+def quality_stats(con: duckdb.DuckDBPyConnection, sweep_id: str, table: str = "quality_scores") -> dict[str, dict]:
+    """Per config: mean of each score over the report calls statistics use."""
+    out = {}
+    sql = f"""
+        SELECT q.config_id, count(*) AS n, avg(q.overall) AS overall, stddev_samp(q.overall) AS overall_sd,
+               avg(q.sections_present) AS sections, avg(q.markdown_structure) AS structure,
+               avg(q.numeric_grounding) AS grounding, count(q.numeric_grounding) AS grounding_n,
+               avg(q.repetition) AS repetition, avg(q.length_words) AS words
+        FROM {table} q JOIN stat_calls s
+          ON s.sweep_id = q.sweep_id AND s.config_id = q.config_id AND s.run_number = q.run_number
+         AND s.attempt = q.attempt AND s.stage = 'report'
+        WHERE q.sweep_id = ? GROUP BY q.config_id"""
+    for r in rows(con, sql, [sweep_id]):
+        out[r["config_id"]] = r
+    return out
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
+    row = con.execute(sql, params or []).fetchone()
+    return row[0] if row else None
