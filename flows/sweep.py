@@ -18,6 +18,7 @@ from flows.run import tr111_run
 from tasks import artifacts
 from tr111 import __version__, pipeline, progress
 from tr111.environment import detect_environment
+from tr111.ingest import check_corpus
 from tr111.errors import ServerUnavailableError, TerminalError, Tr111Error
 from tr111.matrix import expand, load_matrix, validate_id
 from tr111.ollama_client import OllamaClient
@@ -56,6 +57,7 @@ def tr111_sweep(matrix: str = "sweeps/quick.yaml", sweep_id: str | None = None,
     sweep_id = validate_id(sweep_id or new_sweep_id(), "sweep id")
     for config in configs:
         validate_id(config.config_id, "config id")
+    check_corpus(settings.corpus_dir)  # an empty corpus fails before any row or restart
     with open_server(settings.engine, settings.ollama_url, sweep_matrix.model,
                      url_explicit=ollama_url is not None, threads=settings.engine_threads,
                      connect_timeout_s=settings.connect_timeout_s) as server:

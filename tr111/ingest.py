@@ -25,7 +25,7 @@ from itertools import chain, islice
 from pathlib import Path
 
 from tr111.errors import EmptyCorpusError
-from tr111.ingest_files import ChunkResult, Entry, fingerprint_line, ingest_chunk, scan
+from tr111.ingest_files import FILE_TYPES, ChunkResult, Entry, fingerprint_line, ingest_chunk, scan
 
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 CHUNK_ENTRIES = 256  # unit of work; fixed so results do not depend on the worker count
@@ -112,6 +112,16 @@ def _check_root(root: str | Path) -> str:
         what = "does not exist" if not os.path.exists(root_path) else "is not a directory"
         raise EmptyCorpusError(f"corpus directory {root_path} {what}; expected a folder of CSV/JSON/Markdown results")
     return root_path
+
+
+def check_corpus(root: str | Path) -> str:
+    """Fail fast where ingest would: EmptyCorpusError when ``root`` is missing or holds no
+    CSV, JSON or Markdown file (stops at the first one found). Returns the absolute root."""
+    root_path = _check_root(root)
+    for _rel, kind, _path in scan(root_path):
+        if kind in FILE_TYPES:
+            return root_path
+    raise EmptyCorpusError(f"no CSV, JSON or Markdown files under {root_path}")
 
 
 def fingerprint_corpus(root: str | Path) -> str:

@@ -3,11 +3,19 @@
 The client only stamps and parses; it never retries (orchestration does, and
 only for TransientError). httpx's exception tree is mapped here, at the
 boundary, onto tr111.errors.
+
+Timeouts (from settings): connect, read (any single wait for bytes, capped by the whole-call
+deadline), and the whole-call deadline itself, enforced while streaming by a watchdog that
+shuts the socket down, so a stall or a trickle cannot outlive it.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
+import socket
+import threading
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,6 +40,7 @@ class OllamaClient:
         timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
                                 write=connect_timeout_s, pool=connect_timeout_s)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        _WATCHDOG.ensure_started()  # now, not on the measured path of the first call
 
     def close(self) -> None:
         self._http.close()
@@ -94,44 +103,129 @@ class OllamaClient:
                             started_at=datetime.now(UTC))
         pieces: list[str] = []
         deadline_ns = self.call_timeout_s * 1e9
+        expired = threading.Event()
+        timeout = self._call_timeout()
         t0 = time.perf_counter_ns()
+        deadline_mono = time.monotonic() + self.call_timeout_s
         try:
             with _mapped_errors("/api/generate"):
-                with self._http.stream("POST", "/api/generate", json=body) as resp:
-                    if resp.status_code >= 400:
-                        resp.read()
-                        _raise_for_status(resp, "/api/generate")
-                    for line in resp.iter_lines():
-                        now = time.perf_counter_ns()
-                        if now - t0 > deadline_ns:
-                            raise TransientError(
-                                f"call exceeded its {self.call_timeout_s:g} s deadline")
-                        if not line:
-                            continue
-                        chunk = _parse_line(line)
-                        if "error" in chunk:
-                            raise TransientError(f"server error mid-stream: {chunk['error']}")
-                        text = chunk.get("response") or ""
-                        result.chunks += 1
-                        if text:
-                            if result.ttft_ms is None:
-                                result.ttft_ms = (now - t0) / NS_PER_MS
-                            pieces.append(text)
-                        if chunk.get("done"):
-                            result.wall_ms = (now - t0) / NS_PER_MS
-                            if not has_metrics(chunk):
-                                raise TransientError("final chunk carries no metrics")
-                            result.server = ServerMetrics.from_final_chunk(chunk)
-                            result.response = "".join(pieces)
-                            return result
+                with self._http.stream("POST", "/api/generate", json=body, timeout=timeout) as resp:
+                    guard = _WATCHDOG.arm(resp, deadline_mono, expired)
+                    try:
+                        if resp.status_code >= 400:
+                            resp.read()
+                            _raise_for_status(resp, "/api/generate")
+                        for line in resp.iter_lines():
+                            now = time.perf_counter_ns()
+                            if now - t0 > deadline_ns:
+                                raise TransientError(
+                                    f"call exceeded its {self.call_timeout_s:g} s deadline")
+                            if not line:
+                                continue
+                            chunk = _parse_line(line)
+                            if "error" in chunk:
+                                raise TransientError(f"server error mid-stream: {chunk['error']}")
+                            text = chunk.get("response") or ""
+                            result.chunks += 1
+                            if text:
+                                if result.ttft_ms is None:
+                                    result.ttft_ms = (now - t0) / NS_PER_MS
+                                pieces.append(text)
+                            if chunk.get("done"):
+                                result.wall_ms = (now - t0) / NS_PER_MS
+                                if not has_metrics(chunk):
+                                    raise TransientError("final chunk carries no metrics")
+                                result.server = ServerMetrics.from_final_chunk(chunk)
+                                result.response = "".join(pieces)
+                                return result
+                    finally:  # before the connection goes back to the pool
+                        _WATCHDOG.disarm(guard)
             raise TransientError("stream ended before the final chunk (done=true)")
         except Tr111Error as exc:
+            elapsed_ns = time.perf_counter_ns() - t0
             result.response = "".join(pieces)
-            result.wall_ms = (time.perf_counter_ns() - t0) / NS_PER_MS
+            result.wall_ms = elapsed_ns / NS_PER_MS
             result.status = "error"
+            if ((expired.is_set() or elapsed_ns > deadline_ns) and type(exc) is TransientError
+                    and "deadline" not in str(exc)):
+                # the watchdog cut the stream, or a read capped by the deadline timed out
+                late = TransientError(f"call exceeded its {self.call_timeout_s:g} s deadline ({exc})",
+                                      partial=result)
+                result.error = f"TransientError: {late}"
+                raise late from None
             result.error = f"{type(exc).__name__}: {exc}"
             exc.partial = result
             raise
+
+    def _call_timeout(self) -> httpx.Timeout:
+        """The client's timeouts with no single wait longer than the whole-call deadline
+        (so waiting for the response headers is bounded by it too)."""
+        base = self._http.timeout
+        read = self.call_timeout_s if base.read is None else min(base.read, self.call_timeout_s)
+        return httpx.Timeout(connect=base.connect, read=read, write=base.write, pool=base.pool)
+
+
+class _Watchdog:
+    """Enforces whole-call deadlines while streaming: one daemon thread that shuts down the
+    socket of a call past its deadline, so a stream that stalls or trickles without newlines
+    cannot outlive it. Arming is a heap push (no thread start on the measured path); arming,
+    disarming and firing share one lock, so a disarmed call's pooled connection is never cut.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, list]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def ensure_started(self) -> None:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="tr111-call-deadline",
+                                                daemon=True)
+                self._thread.start()
+
+    def arm(self, resp: httpx.Response, deadline: float, expired: threading.Event) -> list | None:
+        """Watch ``resp``'s socket until ``deadline`` (time.monotonic()); None when the
+        transport exposes no socket (the per-line deadline check still applies)."""
+        stream = resp.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is None:
+            return None
+        self.ensure_started()
+        entry = [sock, expired, True]
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._seq), entry))
+            self._cond.notify()
+        return entry
+
+    def disarm(self, entry: list | None) -> None:
+        if entry is not None:
+            with self._cond:
+                entry[2] = False
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and not self._heap[0][2][2]:
+                    heapq.heappop(self._heap)  # finished in time
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                _, _, entry = heapq.heappop(self._heap)
+                sock, expired, _active = entry
+                expired.set()
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _parse_line(line: str) -> dict:

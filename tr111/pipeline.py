@@ -84,6 +84,8 @@ def restart_stage(plan: SweepPlan, key: RunKey) -> RestartOutcome:
 
 
 def build_prompt(plan: SweepPlan, key: RunKey, stage: str, source_text: str) -> str:
+    if stage == "warmup":  # its own text: it must not prime the KV cache of the measured calls
+        return source_text
     nonce = run_nonce(plan.sweep_id, key.config.config_id, key.run_number) if plan.cache_bust else None
     if stage == "report":
         return report_prompt(plan.templates_dir, source_text, nonce)

@@ -98,6 +98,10 @@ class Settings(BaseModel):
         """Settings from the environment plus explicit overrides (None means unset)."""
         values: dict[str, object] = {}
         env = os.environ
+        known = {f"TR111_{name.upper()}" for name in cls.model_fields}
+        unknown = sorted(k for k in env if k.startswith("TR111_") and k not in known)
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]}; known: {', '.join(sorted(known))}")
         if env.get("OLLAMA_HOST"):
             values["ollama_url"] = ollama_url_from_host(env["OLLAMA_HOST"])
         for name in cls.model_fields:

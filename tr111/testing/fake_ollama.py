@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import ThreadingHTTPServer
 
 from tr111.testing.fake_ollama_faults import FAULT_NAMES, Fault, parse_fault, wait_until
-from tr111.testing.fake_ollama_handler import FakeOllamaHandler, now_iso
+from tr111.testing.fake_ollama_handler import FakeOllamaHandler, filler_word, now_iso
 from tr111.testing.fake_ollama_models import ModelInfo, canonical_name, model_info
 
 __all__ = ["FAULT_NAMES", "FakeOllama", "FakeTimings", "main"]
@@ -76,9 +76,11 @@ class _Server(ThreadingHTTPServer):
 class FakeOllama:
     """The fake server; thread-safe, usable as a context manager. See the module docstring.
 
-    Faults for inject() (parameter after a colon): http500, http503, notfound, refuse,
-    drop:N, stall:S, garbage, error_chunk, no_metrics, slow_first:MS — see
-    fake_ollama_faults.FAULT_PARAMS. ``num_parallel`` queues requests beyond that many,
+    Faults for inject() and inject_when() (parameter after a colon): http500, http503,
+    notfound, refuse, drop:N, stall:S, garbage, error_chunk, no_metrics, slow_first:MS,
+    die:N (the server goes down mid-stream until come_up()) — see
+    fake_ollama_faults.FAULT_PARAMS. ``response_text`` replaces the streamed filler words;
+    ``garbage_line`` is the line the garbage fault sends. ``num_parallel`` queues requests beyond that many,
     like OLLAMA_NUM_PARALLEL (queue time shows in total_duration only, as in Ollama).
     """
 
@@ -97,6 +99,9 @@ class FakeOllama:
         self.loads = 0                   # model (re)loads performed
         self.handler_errors: list[str] = []  # tracebacks of bugs in the fake itself
         self._faults: deque[Fault] = deque()
+        self._matched_faults: list[tuple[object, deque[Fault]]] = []  # inject_when()
+        self.response_text: str | None = None  # tokens to stream instead of the filler words
+        self.garbage_line: bytes = b'{"model": "garbage", "response": <<not json>>'
         self._lock = threading.Lock()        # counters, faults, _loaded, connections
         self._load_lock = threading.Lock()   # one load at a time, like Ollama's scheduler
         self._loaded: dict | None = None
@@ -181,10 +186,25 @@ class FakeOllama:
         with self._lock:
             self._faults.extend(parsed)
 
+    def inject_when(self, match, *faults: str) -> None:
+        """Queue faults for the next generate/chat requests that ``match``, in order.
+
+        ``match`` is a substring of the prompt (or chat messages) or a callable taking the
+        parsed request body. Matched faults take precedence over inject()'s queue; a request
+        that matches nothing consumes from that queue as usual. Lets a test put a fault in
+        a chosen run (e.g. by the run's cache-bust line) however earlier retries went.
+        """
+        parsed = deque(parse_fault(f) for f in faults)
+        if not isinstance(match, str) and not callable(match):
+            raise TypeError("match must be a prompt substring or a callable(body) -> bool")
+        with self._lock:
+            self._matched_faults.append((match, parsed))
+
     @property
     def pending_faults(self) -> list[str]:
         with self._lock:
-            return [str(f) for f in self._faults]
+            return [str(f) for f in self._faults] + [
+                str(f) for _, queue in self._matched_faults for f in queue]
 
     @property
     def loaded(self) -> dict | None:
@@ -221,9 +241,23 @@ class FakeOllama:
                 self.chat_calls += 1
         return rec
 
-    def next_fault(self) -> Fault | None:
+    def next_fault(self, body: object = None) -> Fault | None:
         with self._lock:
+            for index, (match, queue) in enumerate(self._matched_faults):
+                if _matches(match, body):
+                    fault = queue.popleft()
+                    if not queue:
+                        del self._matched_faults[index]
+                    return fault
             return self._faults.popleft() if self._faults else None
+
+    def word(self, index: int) -> str:
+        """Token ``index`` of the streamed text: response_text's words if set, else filler."""
+        if self.response_text is None:
+            return filler_word(index)
+        words = self.response_text.split(" ") or [""]
+        word = words[index % len(words)]
+        return word if index == 0 else " " + word
 
     def resolve_model(self, name: str) -> ModelInfo | None:
         return self.models.get(canonical_name(name))
@@ -326,6 +360,21 @@ class FakeOllama:
                     + timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
         wall = datetime.now(timezone.utc) + timedelta(seconds=expires - time.monotonic())
         return wall.isoformat().replace("+00:00", "Z")
+
+
+def _matches(match: object, body: object) -> bool:
+    if not isinstance(body, dict):
+        return False
+    if callable(match):
+        try:
+            return bool(match(body))
+        except Exception:  # a test's predicate must not kill the handler
+            return False
+    text = body.get("prompt")
+    if text is None:
+        text = " ".join(str(m.get("content") or "") for m in body.get("messages") or []
+                        if isinstance(m, dict))
+    return isinstance(text, str) and match in text
 
 
 def main(argv: list[str] | None = None) -> int:

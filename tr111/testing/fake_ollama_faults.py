@@ -24,6 +24,7 @@ FAULT_PARAMS: dict[str, tuple[type | None, float | None]] = {
     "error_chunk": (None, None),  # mid-stream {"error": ...} line, then the stream ends
     "no_metrics": (None, None),  # final chunk without durations or counts
     "slow_first": (float, 500.0),  # extra MS before the first chunk
+    "die": (int, 2),             # N token chunks, then the whole server goes down (go_down())
 }
 FAULT_NAMES = tuple(FAULT_PARAMS)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import threading
 import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
@@ -178,7 +179,7 @@ class _Generation:
                    prompt_eval_count=None, eval_count=None, truncated=False, error=None)
 
     def run(self, body: dict | None, parse_error: str | None) -> None:
-        fault = self.fake.next_fault()
+        fault = self.fake.next_fault(body)
         self.rec["fault"] = str(fault) if fault else None
         try:
             self._run(body, parse_error, fault)
@@ -344,7 +345,7 @@ class _Generation:
         the last token), or None when the connection must be cut (drop, or going down)."""
         timings = self.fake.timings
         kind = fault.kind if fault else None
-        drop_at = min(int(fault.arg), n_tokens) if kind == "drop" else None
+        drop_at = min(int(fault.arg), n_tokens) if kind in ("drop", "die") else None
         stall_at = min(2, n_tokens) if kind == "stall" else None
         midway = min(max(1, n_tokens // 2), n_tokens)
         garbage_at = midway if kind == "garbage" else None
@@ -355,6 +356,11 @@ class _Generation:
         for sent in range(n_tokens + 1):  # `sent` chunks are out: act on faults, then send one
             if sent == drop_at:
                 self._start_stream()
+                if kind == "die":  # the process crashed: this stream and the listener go
+                    self.rec["error"] = f"server died after {sent} chunks (fault)"
+                    threading.Thread(target=self.fake.go_down, name="fake-ollama-die",
+                                     daemon=True).start()
+                    return None
                 self.rec["error"] = f"dropped after {sent} chunks (fault)"
                 return None
             if sent == stall_at:
@@ -362,7 +368,7 @@ class _Generation:
                 if self.halt.wait(fault.arg):
                     return None
             if sent == garbage_at:
-                self._write_line(b'{"model": "garbage", "response": <<not json>>\n')
+                self._write_line(self.fake.garbage_line.rstrip(b"\n") + b"\n")
             if sent == error_at:  # what Ollama sends when the runner dies mid-generation
                 self.rec["error"] = "error chunk (fault)"
                 self._end_with_error(_RUNNER_DIED)
@@ -372,7 +378,7 @@ class _Generation:
             deadline += token_ns + (int(rng.uniform(0, jitter_ms) * 1e6) if jitter_ms else 0)
             if not wait_until(deadline, self.halt):
                 return None
-            words.append(filler_word(sent))
+            words.append(self.fake.word(sent))
             self._write_line(self._encode(self._chunk(words[-1])))
             t_last = time.perf_counter_ns()
         return words, t_last

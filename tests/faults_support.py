@@ -1,0 +1,84 @@
+"""Helpers shared by the fault-matrix tests (docs/reliability.md): sweeps in-process or
+through the CLI, fault placement by run, and warehouse look-ups."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from warehouse import open_read_only
+
+REPO = Path(__file__).resolve().parents[1]
+
+ANALYSIS, REPORT = "Analyse this data", "Technical report:"  # text only that stage's prompt has
+
+
+def write_matrix(folder: Path, text: str, name: str = "m.yaml") -> str:
+    path = folder / name
+    path.write_text(text)
+    return str(path)
+
+
+def sweep_paths(tmp_path: Path, corpus: Path) -> dict:
+    return {"warehouse": str(tmp_path / "wh.duckdb"), "out": str(tmp_path / "reports"),
+            "corpus": str(corpus)}
+
+
+def run_sweep(fake_url: str, matrix: str, paths: dict, *, restart: str = "none", report: bool = False,
+              **kw) -> dict:
+    """tr111-sweep in-process (under the session's prefect_harness)."""
+    from flows.sweep import tr111_sweep
+
+    return tr111_sweep(matrix=matrix, ollama_url=fake_url, restart=restart, report=report,
+                       **paths, **kw)
+
+
+def at(config_id: str, run_number: int, stage: str | None = None):
+    """A fake_ollama.inject_when matcher for one run's call (by its cache-bust line)."""
+    tag = f"/{config_id}/run{run_number}."
+    marker = {"analysis": ANALYSIS, "report": REPORT, None: ""}[stage]
+
+    def match(body: dict) -> bool:
+        prompt = body.get("prompt") or ""
+        return tag in prompt and marker in prompt
+    match.__name__ = f"at_{config_id}_run{run_number}_{stage}"
+    return match
+
+
+def rows(warehouse: str | Path, sql: str, params: list | None = None) -> list[tuple]:
+    with open_read_only(warehouse) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def one(warehouse: str | Path, sql: str, params: list | None = None):
+    found = rows(warehouse, sql, params)
+    return found[0] if found else None
+
+
+def cli_env(**extra: str) -> dict:
+    """Environment for ``python -m tr111.cli`` sharing the harness's Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ)
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value() or ""
+    env["TR111_RETRY_BACKOFF_S"] = "0.01"
+    env["TR111_GPU_TELEMETRY"] = "false"
+    env.update(extra)
+    return env
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 180, cwd: Path | None = None
+        ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tr111.cli", *args], env=env or cli_env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=str(cwd or REPO))
+
+
+def stderr_lines(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in done.stderr.splitlines() if line.strip()]
+
+
+def no_duplicate_calls(warehouse: str | Path) -> bool:
+    return one(warehouse, "SELECT count(*) FROM (SELECT sweep_id, config_id, run_number, stage, attempt"
+                          " FROM llm_calls GROUP BY ALL HAVING count(*) > 1)")[0] == 0
