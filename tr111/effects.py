@@ -22,7 +22,7 @@ import statsmodels.formula.api as smf
 from scipy import stats as sps
 from statsmodels.stats.anova import anova_lm
 
-from tr111.stats import clean_values
+from tr111.stats import Comparison, clean_values  # noqa: F401 (Comparison re-exported)
 
 PARAMS = ("num_gpu", "num_ctx", "temperature")
 ALPHA = 0.05
@@ -323,29 +323,6 @@ def cell_means(df: pd.DataFrame, metric: str, row_param: str, col_param: str, *,
 # --------------------------------------------------------------------------- two-sample
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """Welch comparison of sample ``a`` against reference sample ``b``.
-
-    Signs follow "a minus b": ``diff`` = mean_a - mean_b, ``diff_pct`` is relative
-    to mean_b, ``t`` and ``hedges_g`` are positive when a is larger, and the CI is
-    for mean_a - mean_b with Welch–Satterthwaite df.
-    """
-
-    n_a: int
-    n_b: int
-    mean_a: float | None
-    mean_b: float | None
-    diff: float | None
-    diff_pct: float | None
-    t: float | None
-    df: float | None
-    p_value: float | None
-    hedges_g: float | None
-    ci95_low: float | None
-    ci95_high: float | None
-    significant: bool
-    note: str | None = None
 
 
 def hedges_g(a: Sequence[float], b: Sequence[float]) -> float | None:

@@ -187,3 +187,28 @@ def rank_configs(
         rows = rows[:top]
     return [RankedEntry(rank=i + 1, config_id=cid, value=float(v), summary=s)
             for i, (cid, v, s) in enumerate(rows)]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Welch comparison of sample ``a`` against reference sample ``b``.
+
+    Signs follow "a minus b": ``diff`` = mean_a - mean_b, ``diff_pct`` is relative
+    to mean_b, ``t`` and ``hedges_g`` are positive when a is larger, and the CI is
+    for mean_a - mean_b with Welch–Satterthwaite df.
+    """
+
+    n_a: int
+    n_b: int
+    mean_a: float | None
+    mean_b: float | None
+    diff: float | None
+    diff_pct: float | None
+    t: float | None
+    df: float | None
+    p_value: float | None
+    hedges_g: float | None
+    ci95_low: float | None
+    ci95_high: float | None
+    significant: bool
+    note: str | None = None

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tr111.stats import CONFIDENCE, DistributionSummary, cv_pct
+from tr111.stats import CONFIDENCE, Comparison, DistributionSummary, cv_pct
 
 ALPHA = 0.05
 
@@ -74,24 +74,7 @@ def summary(n: Any, mean: Any = None, stddev: Any = None, p50: Any = None, p95: 
 # --------------------------------------------------------------------------- Welch
 
 
-@dataclass(frozen=True)
-class Welch:
-    """Welch's t-test of a vs b ("a minus b"), as tr111.effects.Comparison."""
-
-    n_a: int
-    n_b: int
-    mean_a: float | None
-    mean_b: float | None
-    diff: float | None
-    diff_pct: float | None
-    t: float | None
-    df: float | None
-    p_value: float | None
-    hedges_g: float | None
-    ci95_low: float | None
-    ci95_high: float | None
-    significant: bool
-    note: str | None = None
+Welch = Comparison  # the same dataclass as tr111.effects.welch_compare returns
 
 
 def hedges_g(mean_a, sd_a, n_a, mean_b, sd_b, n_b) -> float | None:
