@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow
+from prefect.utilities.annotations import quote
 
 from flows.report import tr111_report
 from flows.run import tr111_run
@@ -104,7 +105,9 @@ def tr111_sweep(matrix: str = "sweeps/quick.yaml", sweep_id: str | None = None,
                     run_attempt=run_attempts.get((config.config_id, run_number), 0) + 1,
                     first_call_attempts={s: call_attempts.get((config.config_id, run_number, s), 0) + 1
                                          for s in ("warmup", *pipeline.STAGES)})
-                row = tr111_run(plan, key, retries=settings.retries, backoff_s=settings.retry_backoff_s)
+                # quote(): Prefect must not link runs to each other through shared values
+                row = tr111_run(quote(plan), quote(key), retries=quote(settings.retries),
+                                backoff_s=quote(settings.retry_backoff_s))
                 if row["status"] != "ok":
                     failed.append(key.name)
                     _stop_if_server_gone(client, settings, todo[index:], plan)

@@ -69,6 +69,9 @@ def test_each_run_is_its_own_dag_of_five_tasks(fake_ollama, sweep_env):
             runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 name=FlowRunFilterName(any_=["ctx512-run1"])))
             assert runs, "the run subflow is named after its config and run"
+            # Runs are independent: the sweep's graph has no edges between run subflows.
+            parent = await client.read_task_run(runs[-1].parent_task_run_id)
+            assert all(not group for group in parent.task_inputs.values()), parent.task_inputs
             return await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [runs[-1].id]}))
 
     tasks = asyncio.run(task_runs())
