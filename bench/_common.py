@@ -123,3 +123,29 @@ def prefect_server(timeout_s: float = 180.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+GNU_TIME = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None
+
+
+def run_child(argv: list[str], env: dict | None = None) -> dict:
+    """Wall, CPU (child and its descendants) and peak RSS of one command.
+
+    Peak RSS comes from GNU time's %M when /usr/bin/time exists: a child spawned straight
+    from this (large) process inherits its high-water mark in ru_maxrss on Linux.
+    """
+    wrapped = [GNU_TIME, "-f", "tr111-bench-maxrss-kb %M", *argv] if GNU_TIME else argv
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(wrapped, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {code}: {err.strip()[-1500:]}")
+    rss_kb = usage.ru_maxrss
+    for line in err.splitlines():
+        if line.startswith("tr111-bench-maxrss-kb "):
+            rss_kb = int(line.split()[1])
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": rss_kb / 1024}

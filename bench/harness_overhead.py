@@ -18,7 +18,7 @@ TTFT excess = client TTFT - the server's own time to its first chunk
 (median; target <= 1 ms).
 
     python bench/harness_overhead.py [--calls 300] [--tokens 32] [--token-ms 0.5]
-        [--prompt-words 600] [--prefect]
+        [--prompt-words 600] [--prefect [--quiesce-ms 5]]
 """
 
 from __future__ import annotations
@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-words", type=int, default=600, help="prompt size (~4 KB at 600)")
     parser.add_argument("--prefect", action="store_true",
                         help="also run tr111's generate inside a Prefect task (starts a temporary API)")
+    parser.add_argument("--quiesce-ms", type=float, default=0.0,
+                        help="with --prefect: sleep this long in the task before the call, so Prefect's "
+                             "background threads finish the task-start burst (events, logs) first")
     args = parser.parse_args(argv)
     if args.prefect:
         isolated_prefect_home()  # before anything imports prefect
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         samples = measure(contenders, fake, body, args.calls, args.warmup)
         summaries += [summarise(name, rows) for name, rows in samples.items()]
         if args.prefect:
-            summaries += prefect_contenders(fake, ours, raw, body, args.calls, args.warmup)
+            summaries += prefect_contenders(fake, ours, raw, body, args.calls, args.warmup,
+                                            args.quiesce_ms / 1000)
 
     print(f"fake Ollama in-process: {args.tokens} tokens x {args.token_ms} ms, prompt "
           f"{len(prompt)} chars ({args.prompt_words + 1} tokens x {args.prompt_ms_per_token} ms); "
@@ -160,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ours_s["overhead_med"] <= 1.0 and vs_control <= 1.0 else 1
 
 
-def prefect_contenders(fake, ours, raw, body: dict, calls: int, warmup: int) -> list[dict]:
+def prefect_contenders(fake, ours, raw, body: dict, calls: int, warmup: int,
+                       quiesce_s: float = 0.0) -> list[dict]:
     """tr111's generate inside a Prefect task, raw control in the same flow's body."""
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     from prefect import flow, task
@@ -169,6 +174,8 @@ def prefect_contenders(fake, ours, raw, body: dict, calls: int, warmup: int) -> 
 
     @task(name="llm-call", cache_policy=NONE, persist_result=False)
     def in_task(b: dict) -> dict:
+        if quiesce_s:
+            time.sleep(quiesce_s)
         return tr111_call(ours, b)
 
     @flow(name="harness-overhead", persist_result=False)

@@ -19,7 +19,10 @@ Variants (run one after another in this process, against the same Prefect API):
   without a heartbeat thread (the sweep flow keeps its own), and the sweep waits
   until the Prefect API has recorded the finished subflow's task runs before
   starting the next one -- else the next subflow's tracking task run hits SQLite
-  "database is locked" (HTTP 503) and Prefect's client retries after 2 s.
+  "database is locked" (HTTP 503) and Prefect's client retries after 2 s;
+* ``inline`` (for comparison only): the run's tasks called straight from the sweep flow
+  (``tr111_run.fn``), no subflow -- the floor of Prefect's cost, but the runs no longer
+  show as DAGs of their own (one graph of 57 chains).
 
 APIs: ``server`` (default; ``prefect server start`` with SQLite in a temp
 PREFECT_HOME, what users run), ``harness`` (prefect_test_harness, as the tests),
@@ -60,11 +63,15 @@ def settled_run(original, stack: contextlib.ExitStack, *, timeout_s: float = 2.0
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    entered: list[bool] = []
+
     def run(plan, key, **kwargs):
-        if not stack._exit_callbacks:  # first run of this sweep
+        if not entered:  # first run of this sweep
             stack.enter_context(temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
+            entered.append(True)
         state = original(plan, key, return_state=True, **kwargs)
-        wait_until_recorded(state.state_details.flow_run_id, 5 + (1 if plan.warmup else 0), timeout_s)
+        warmup = _unquote(plan).warmup
+        wait_until_recorded(state.state_details.flow_run_id, 5 + (1 if warmup else 0), timeout_s)
         return state.result()
 
     def wait_until_recorded(flow_run_id, expected: int, timeout_s: float) -> None:
@@ -81,6 +88,11 @@ def settled_run(original, stack: contextlib.ExitStack, *, timeout_s: float = 2.0
             time.sleep(0.01)
 
     return run
+
+
+def _unquote(value):
+    """flows/sweep.py passes quote()d arguments to the run subflow."""
+    return value.unquote() if hasattr(value, "unquote") else value
 
 
 def _flush_prefect_logs() -> None:
@@ -115,6 +127,11 @@ def one_sweep(variant: str, matrix: Path, url: str, folder: Path) -> dict:
     stack = contextlib.ExitStack()
     if variant == "fix":
         sweep_module.tr111_run = settled_run(original, stack)
+    elif variant == "inline":  # the run's five tasks straight in the sweep flow: no subflow
+        def inline(*args, **kwargs):
+            return original.fn(*map(_unquote, args), **{k: _unquote(v) for k, v in kwargs.items()})
+
+        sweep_module.tr111_run = inline
     marks: list[tuple[int, str]] = []
     unsubscribe = progress.subscribe(lambda event, data: marks.append((time.perf_counter_ns(), event)))
     warehouse = folder / f"{variant}.duckdb"
@@ -149,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--api", default="server",
                         help="server (default) | harness | ephemeral | an API URL")
-    parser.add_argument("--variants", default="current,fix", help="comma-separated: current, fix")
+    parser.add_argument("--variants", default="current,fix",
+                        help="comma-separated: current, fix, inline (default: current,fix)")
     parser.add_argument("--matrix", type=Path, default=REPO_ROOT / "sweeps" / "tr111.yaml")
     parser.add_argument("--runs", type=int, help="override runs per config (default: the matrix's)")
     parser.add_argument("--num-predict", type=int, default=4)
@@ -158,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="cProfile the sweeps (main thread) into FILE")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if set(variants) - {"current", "fix"}:
-        parser.error("variants are: current, fix")
+    if set(variants) - {"current", "fix", "inline"}:
+        parser.error("variants are: current, fix, inline")
 
     if args.api == "server":
         api_context = prefect_server()

@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from flows.report import tr111_report
+from flows.prefect_tuning import subflows_without_heartbeat, wait_until_recorded
 from flows.run import tr111_run
 from tasks import artifacts
 from tr111 import __version__, pipeline, progress
@@ -99,23 +100,9 @@ def tr111_sweep(matrix: str = "sweeps/quick.yaml", sweep_id: str | None = None,
         progress_id = artifacts.start_progress(sweep_id, total, len(done))
         failed: list[str] = []
         try:
-            for index, (config, run_number) in enumerate(todo):
-                key = pipeline.RunKey(
-                    config=config, run_number=run_number,
-                    run_attempt=run_attempts.get((config.config_id, run_number), 0) + 1,
-                    first_call_attempts={s: call_attempts.get((config.config_id, run_number, s), 0) + 1
-                                         for s in ("warmup", *pipeline.STAGES)})
-                # quote(): Prefect must not link runs to each other through shared values
-                row = tr111_run(quote(plan), quote(key), retries=quote(settings.retries),
-                                backoff_s=quote(settings.retry_backoff_s))
-                if row["status"] != "ok":
-                    failed.append(key.name)
-                    _stop_if_server_gone(client, settings, todo[index:], plan)
-                elif config.config_id not in _described:
-                    _describe(plan, client, config.config_id)
-                progress.emit("run", name=key.name, status=row["status"], total_ms=row["total_ms"])
-                artifacts.advance_progress(progress_id, len(done) + index + 1, total,
-                                           last=key.name, status=row["status"])
+            with subflows_without_heartbeat():
+                _run_all(plan, settings, client, todo, call_attempts, run_attempts, failed,
+                         progress_id, len(done), total)
         except SweepIncompleteError as exc:
             writer.finish_sweep(plan.warehouse_path, sweep_id, "incomplete", str(exc))
             raise
@@ -136,6 +123,31 @@ def tr111_sweep(matrix: str = "sweeps/quick.yaml", sweep_id: str | None = None,
         published = artifacts.publish_report_artifacts(result["report"])  # on this flow run
         result["regressions"] = published["regressions"]
     return result
+
+
+
+def _run_all(plan, settings, client, todo, call_attempts, run_attempts, failed, progress_id,
+             done_before: int, total: int) -> None:
+    """The runs one after another: one server, one call at a time."""
+    for index, (config, run_number) in enumerate(todo):
+        key = pipeline.RunKey(
+            config=config, run_number=run_number,
+            run_attempt=run_attempts.get((config.config_id, run_number), 0) + 1,
+            first_call_attempts={s: call_attempts.get((config.config_id, run_number, s), 0) + 1
+                                 for s in ("warmup", *pipeline.STAGES)})
+        # quote(): Prefect must not link runs to each other through shared values
+        state = tr111_run(quote(plan), quote(key), retries=quote(settings.retries),
+                          backoff_s=quote(settings.retry_backoff_s), return_state=True)
+        wait_until_recorded(state.state_details.flow_run_id, 5 + int(plan.warmup))
+        row = state.result()  # re-raises what the subflow raised
+        if row["status"] != "ok":
+            failed.append(key.name)
+            _stop_if_server_gone(client, settings, todo[index:], plan)
+        elif config.config_id not in _described:
+            _describe(plan, client, config.config_id)
+        progress.emit("run", name=key.name, status=row["status"], total_ms=row["total_ms"])
+        artifacts.advance_progress(progress_id, done_before + index + 1, total,
+                                   last=key.name, status=row["status"])
 
 
 _described: set[str] = set()

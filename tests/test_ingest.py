@@ -399,3 +399,11 @@ def test_broken_worker_pool_falls_back_to_one_process(tmp_path: Path, monkeypatc
     expected = ingest_corpus(tmp_path / "gen", workers=1).to_dict()
     monkeypatch.setattr(ingest_module, "ingest_chunk", _chunk_that_kills_workers)
     assert ingest_corpus(tmp_path / "gen", workers=2).to_dict() == expected
+
+
+def test_numeric_column_with_null_and_bool_cells_does_not_abort_ingest(tmp_path):
+    """A null/true cell after numeric cells is skipped, never counted (true is not 1)."""
+    (tmp_path / "mixed.csv").write_text("a,b\n1,2\nnull,true\n3,4\n")
+    summary = ingest_corpus(tmp_path)
+    assert summary.fields["a"].count == 2 and summary.fields["a"].mean == 2.0
+    assert summary.fields["b"].count == 2 and summary.fields["b"].mean == 3.0

@@ -30,6 +30,9 @@ _NUMBER_START = frozenset("0123456789+-.")
 _FLUSH_BYTES = 1 << 20  # bound on buffered input between reductions
 _BLOCK_CHARS = 1 << 20  # CSV text handled per block
 _BLOCK_ROWS = 20_000  # rows per block on the csv-module path
+# Characters that never occur in a JSON number but do in true/false/null, strings and
+# arrays: a comma-joined column holding one of them is not a plain list of numbers.
+_NOT_NUMBER_CHARS = ("u", "a", '"', "[", "{")
 
 
 class FieldSink:
@@ -86,22 +89,32 @@ class FieldSink:
             stats[3] = high
 
 
+def plain_numbers(joined: str) -> list | None:
+    """The numbers of a comma-joined column when every cell is a plain JSON number, else None.
+
+    One orjson parse. A cell such as null or true (which orjson turns into None/True),
+    quoted text or brackets rules the fast path out: such values must not reach the
+    statistics (a null used to make the fold raise TypeError and end the ingest).
+    """
+    for char in _NOT_NUMBER_CHARS:
+        if char in joined:
+            return None
+    try:
+        return _fast_loads("[" + joined + "]")
+    except ValueError:
+        return None
+
+
 def _parse_chunks(chunks: list[str]) -> list:
     """Numbers from comma-joined columns: one fast parse, per-column fallback."""
-    joined = ",".join(chunks)
-    if "[" not in joined and "{" not in joined:  # cells are scalars, never nested JSON
-        try:
-            return _fast_loads("[" + joined + "]")
-        except ValueError:
-            pass
-    values: list = []
+    values = plain_numbers(",".join(chunks))
+    if values is not None:
+        return values
+    values = []
     for chunk in chunks:
-        try:
-            if "[" in chunk or "{" in chunk:
-                raise ValueError("not a plain number list")
-            values += _fast_loads("[" + chunk + "]")
-        except ValueError:  # blanks, "1.", "n/a", NaN: parse cell by cell
-            values += lenient_floats(chunk.split(","))
+        numbers = plain_numbers(chunk)
+        # blanks, "1.", "n/a", NaN, null, true: parse cell by cell (lenient_floats skips them)
+        values += numbers if numbers is not None else lenient_floats(chunk.split(","))
     return values
 
 
