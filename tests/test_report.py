@@ -403,3 +403,12 @@ def test_degenerate_sweeps_still_render_every_section(tmp_path, case):
         assert "No throughput was measured." in text
     if case == "no_baseline":
         assert "the matrix has no baseline" in text.lower()
+
+
+def test_report_without_plots_renders_without_plot_links(tmp_path):
+    """``plots=False`` (no matplotlib at all) still renders every section, with no image links."""
+    path = tmp_path / "wh.duckdb"
+    build_sweep(path, "np")
+    report, _ = generate(path, "np", tmp_path / "out", "templates", plots=False)
+    text = report.read_text()
+    assert "## 4." in text and "## 15." in text and ".png" not in text
