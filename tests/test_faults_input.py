@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from faults_support import REPO, cli, cli_env, one, rows, run_sweep, stderr_lines, sweep_paths, write_matrix
+from faults_support import cli, cli_env, one, rows, run_sweep, stderr_lines, sweep_paths, write_matrix
 from tr111.testing.fake_ollama import FakeOllama, FakeTimings
 
 GOOD = "model: gemma3:latest\nruns: 1\ngrid:\n  num_ctx: [512]\n"

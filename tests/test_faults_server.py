@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from faults_support import (ANALYSIS, REPO, at, cli, cli_env, no_duplicate_calls, one, rows, run_sweep,
+from faults_support import (REPO, at, cli, cli_env, no_duplicate_calls, one, rows, run_sweep,
                             stderr_lines, sweep_paths, write_matrix)
 from tr111.errors import ModelNotFoundError
 from tr111.testing.fake_ollama import FakeOllama, FakeTimings
