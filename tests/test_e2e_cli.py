@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from faults_support import cli_env
 from tr111.testing.fake_ollama import FakeOllama, FakeTimings
 from warehouse import open_read_only
 
@@ -28,15 +28,6 @@ grid:
 options: {num_predict: 10}
 restart: per_config
 """
-
-
-def _cli_env() -> dict:
-    from prefect.settings import PREFECT_API_URL
-
-    env = dict(os.environ)
-    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the harness's server, shared
-    env["TR111_RETRY_BACKOFF_S"] = "0.01"
-    return env
 
 
 def _finished(warehouse: Path) -> dict:
@@ -58,7 +49,7 @@ def test_sweep_kill9_resume_and_report(tmp_path, small_corpus):
         argv = [sys.executable, "-m", "tr111.cli", "sweep", "--matrix", str(matrix),
                 "--ollama-url", fake.url, "--restart", "unload", "--corpus", str(small_corpus),
                 "--warehouse", str(warehouse), "--out", str(out), "--sweep-id", "e2e-1"]
-        proc = subprocess.Popen(argv, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(argv, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 240
         while len(_finished(warehouse)) < 3 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
@@ -67,7 +58,7 @@ def test_sweep_kill9_resume_and_report(tmp_path, small_corpus):
         before = _finished(warehouse)
         assert 3 <= len(before) < 10, "the kill must land mid-sweep"
 
-        done = subprocess.run(argv, env=_cli_env(), capture_output=True, text=True, timeout=300)
+        done = subprocess.run(argv, env=cli_env(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "sweep id: e2e-1" in done.stdout and "report:" in done.stdout
 
@@ -128,7 +119,7 @@ def test_refused_connection_at_start_is_one_line_and_nonzero(tmp_path):
     warehouse = tmp_path / "wh.duckdb"
     done = subprocess.run([sys.executable, "-m", "tr111.cli", "sweep", "--ollama-url",
                            f"http://127.0.0.1:{port}", "--warehouse", str(warehouse)],
-                          env=_cli_env(), capture_output=True, text=True, timeout=120)
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     lines = [l for l in done.stderr.splitlines() if l.strip()]
     assert lines[-1].startswith("tr111: error: no Ollama answers at")
