@@ -25,9 +25,8 @@ import httpx
 
 from tr111.errors import (ModelNotFoundError, ServerUnavailableError, TerminalError,
                           Tr111Error, TransientError)
-from tr111.metrics import CallResult, ServerMetrics, has_metrics
+from tr111.metrics import NS_PER_MS, CallResult, ServerMetrics, has_metrics
 
-NS_PER_MS = 1_000_000
 
 
 class OllamaClient:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 from tr111.errors import Tr111Error
 from tr111.matrix import Config
-from tr111.metrics import CallResult
+from tr111.metrics import NS_PER_MS, CallResult
 from tr111.ollama_client import OllamaClient
 from tr111.prompts import analysis_prompt, report_prompt, run_nonce
 from tr111.restart import RestartOutcome, restart_server
 
-NS_PER_MS = 1_000_000
 STAGES = ("analysis", "report")
 WARMUP_PROMPT = "Warm-up request: reply with one word."
 CHARS_PER_TOKEN = 4.0  # rough English estimate, used only to spot silent truncation

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from tr111.errors import ConfigError, ServerUnavailableError, Tr111Error
+from tr111.metrics import NS_PER_MS
 from tr111.ollama_client import OllamaClient
 
-NS_PER_MS = 1_000_000
 POLL_S = 0.05
 
 
