@@ -63,7 +63,7 @@ def fake_ollama_process(*, token_ms: float, tokens: int, load_ms: float,
                         prompt_ms_per_token: float = 0.0) -> Iterator[str]:
     """The fake Ollama in its own process (no GIL shared with the harness); yields its URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tr111.testing.fake_ollama", "--port", "0", "--token-ms", str(token_ms),
+        [sys.executable, "-m", "tr111.fake_ollama", "--port", "0", "--token-ms", str(token_ms),
          "--tokens", str(tokens), "--load-ms", str(load_ms),
          "--prompt-ms-per-token", str(prompt_ms_per_token)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)

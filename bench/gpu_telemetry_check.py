@@ -20,7 +20,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tr111.telemetry import GpuCallStats, GpuTelemetry, detect_gpus  # noqa: E402
+from tr111.telemetry.sampler import GpuCallStats, GpuTelemetry, detect_gpus  # noqa: E402
 
 
 def make_load(device: int) -> tuple[str, Callable[[float], int] | None]:

@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
 
-    from tr111.ollama_client import OllamaClient
-    from tr111.testing.fake_ollama import FakeOllama, FakeTimings
+    from tr111.ollama.client import OllamaClient
+    from tr111.fake_ollama.server import FakeOllama, FakeTimings
 
     timings = FakeTimings(load_ms=0.0, prompt_ms_per_token=args.prompt_ms_per_token,
                           token_ms=args.token_ms, tokens=args.tokens)

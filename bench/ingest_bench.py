@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from generate_corpus import generate  # noqa: E402
-from tr111.ingest import _worker_count, ingest_corpus  # noqa: E402
+from tr111.ingest.corpus import _worker_count, ingest_corpus  # noqa: E402
 
 TARGET_RATIO = 1.5
 

@@ -97,7 +97,7 @@ def write_matrix(source: Path, runs: int | None, num_predict: int, folder: Path)
 def one_sweep(variant: str, matrix: Path, url: str, folder: Path) -> dict:
     import duckdb
 
-    import flows.sweep as sweep_module
+    import tr111.flows.sweep as sweep_module
     from tr111 import progress
 
     patched = {"tr111_run": sweep_module.tr111_run, "wait_until_recorded": sweep_module.wait_until_recorded,
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
             harness = prefect_test_harness(server_startup_timeout=180)
         with harness:
-            import flows.sweep  # noqa: F401 - import cost (Prefect: seconds) outside the timings
+            import tr111.flows.sweep  # noqa: F401 - import cost (Prefect: seconds) outside the timings
 
             profiler = None
             if args.profile:

@@ -61,7 +61,7 @@ def build_warehouse(path: Path, *, calls: int, runs_per_config: int = 6, sweeps_
     import duckdb
 
     from tr111.matrix import load_matrix
-    from warehouse.migrations import migrate
+    from tr111.warehouse.migrations import migrate
 
     configs = config_rows()
     per_sweep = len(configs) * runs_per_config * len(STAGES)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.artifacts import publish_report_artifacts
-from tasks.report import render_report
+from tr111.tasks.artifacts import publish_report_artifacts
+from tr111.tasks.report import render_report
 from tr111.settings import Settings
 
 

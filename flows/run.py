@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from tasks.stages import ingest, llm_call, record, restart_ollama
-from tr111 import pipeline
+from tr111.tasks.stages import ingest, llm_call, record, restart_ollama
+from tr111.run import stages as pipeline
 from tr111.errors import TerminalError, Tr111Error
 
 

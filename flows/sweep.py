@@ -14,25 +14,22 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from flows.report import tr111_report
-from flows.prefect_tuning import subflows_without_heartbeat, wait_until_recorded
-from flows.run import tr111_run
-from tasks import artifacts
-from tr111 import __version__, pipeline, progress
-from tr111.environment import detect_environment
-from tr111.ingest import check_corpus
-from tr111.errors import ServerUnavailableError, TerminalError, Tr111Error
+from tr111.flows.report import tr111_report
+from tr111.flows.prefect_tuning import subflows_without_heartbeat, wait_until_recorded
+from tr111.flows.run import tr111_run
+from tr111.tasks import artifacts
+from tr111 import __version__, progress
+from tr111.run import stages as pipeline
+from tr111.run.environment import detect_environment
+from tr111.ingest.corpus import check_corpus
+from tr111.errors import ServerUnavailableError, SweepIncompleteError, TerminalError, Tr111Error
 from tr111.matrix import expand, load_matrix, validate_id
-from tr111.ollama_client import OllamaClient
-from tr111.restart import _wait
-from tr111.server import open_server
+from tr111.ollama.client import OllamaClient
+from tr111.run.restart import _wait
+from tr111.run.server import open_server
 from tr111.settings import Settings
-from warehouse import connect, writer
-from warehouse.reader import attempt_counters, finished_runs
-
-
-class SweepIncompleteError(ServerUnavailableError):
-    """The server went away mid-sweep and did not come back: unfinished runs are named."""
+from tr111.warehouse import connect, writer
+from tr111.warehouse.reader import attempt_counters, finished_runs
 
 
 def new_sweep_id() -> str:
@@ -46,7 +43,7 @@ def _sweep_name() -> str:
 
 
 @flow(name="tr111-sweep", flow_run_name=_sweep_name, persist_result=False)
-def tr111_sweep(matrix: str = "sweeps/quick.yaml", sweep_id: str | None = None,
+def tr111_sweep(matrix: str = "quick", sweep_id: str | None = None,
                 ollama_url: str | None = None, engine: str | None = None,
                 model: str | None = None, runs: int | None = None,
                 restart: str | None = None, corpus: str | None = None,

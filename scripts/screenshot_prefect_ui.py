@@ -166,8 +166,8 @@ def run_sweeps(args, api_url: str, work: Path) -> dict:
     import inspect
     from contextlib import nullcontext
 
-    import flows.sweep as sweep_module
-    from tasks import artifacts
+    import tr111.flows.sweep as sweep_module
+    from tr111.tasks import artifacts
     from tr111 import progress
 
     wired = "publish_report_artifacts" in inspect.getsource(sweep_module)
@@ -186,7 +186,7 @@ def run_sweeps(args, api_url: str, work: Path) -> dict:
 
     fake = None
     if args.fake:
-        from tr111.testing.fake_ollama import FakeOllama, FakeTimings
+        from tr111.fake_ollama.server import FakeOllama, FakeTimings
 
         fake = FakeOllama(FakeTimings(load_ms=300, token_ms=4, tokens=40, jitter_ms=1.0))
     results = []

@@ -13,10 +13,10 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import task_run as current_task_run
 
-from tr111 import pipeline
+from tr111.run import stages as pipeline
 from tr111.errors import is_transient
-from tr111.ingest import fingerprint_corpus, ingest_corpus
-from warehouse import writer
+from tr111.ingest.corpus import fingerprint_corpus, ingest_corpus
+from tr111.warehouse import writer
 
 
 def transient_only(task, task_run, state) -> bool:

@@ -24,7 +24,7 @@ os.environ.pop("OLLAMA_HOST", None)
 
 @pytest.fixture
 def fake_ollama():
-    from tr111.testing.fake_ollama import FakeOllama, FakeTimings
+    from tr111.fake_ollama.server import FakeOllama, FakeTimings
 
     with FakeOllama(FakeTimings(load_ms=20, token_ms=1.0, tokens=12)) as fake:
         yield fake
@@ -53,3 +53,8 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=180):
         yield Path(_PREFECT_HOME)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/ from the current output (review the diff)")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from warehouse import open_read_only
+from tr111.warehouse import open_read_only
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def sweep_paths(tmp_path: Path, corpus: Path) -> dict:
 def run_sweep(fake_url: str, matrix: str, paths: dict, *, restart: str = "none", report: bool = False,
               **kw) -> dict:
     """tr111-sweep in-process (under the session's prefect_harness)."""
-    from flows.sweep import tr111_sweep
+    from tr111.flows.sweep import tr111_sweep
 
     return tr111_sweep(matrix=matrix, ollama_url=fake_url, restart=restart, report=report,
                        **paths, **kw)

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tr111.report.scoring import SCORER_VERSION
-from warehouse import connect, writer
+from tr111.warehouse import connect, writer
 
 MATRIX = {"baseline": True, "cache_bust": True, "grid": {"num_ctx": [512, 1024], "temperature": [0.6, 0.8]},
           "model": "gemma3:latest", "options": {"num_predict": 64}, "restart": "per_config", "runs": 4,

@@ -52,7 +52,7 @@ def _answers(port: int) -> bool:
 
 
 def fake_argv(port: str | int) -> list[str]:
-    return [sys.executable, "-m", "tr111.testing.fake_ollama", "--port", str(port),
+    return [sys.executable, "-m", "tr111.fake_ollama", "--port", str(port),
             "--load-ms", "5", "--token-ms", "1", "--tokens", "8"]
 
 

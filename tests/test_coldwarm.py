@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tr111.coldwarm import CallTiming, classify_cold, cold_flags, cold_threshold_ms, split_warm_cold
+from tr111.run.coldwarm import CallTiming, classify_cold, cold_flags, cold_threshold_ms, split_warm_cold
 
 
 def _sweep():

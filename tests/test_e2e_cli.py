@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from faults_support import cli_env
-from tr111.testing.fake_ollama import FakeOllama, FakeTimings
-from warehouse import open_read_only
+from tr111.fake_ollama.server import FakeOllama, FakeTimings
+from tr111.warehouse import open_read_only
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from warehouse import open_read_only
+from tr111.warehouse import open_read_only
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 def test_quick_sweep_on_the_embedded_engine(tmp_path, monkeypatch, small_corpus):
-    from flows.sweep import tr111_sweep
+    from tr111.flows.sweep import tr111_sweep
 
     # Nothing listens at OLLAMA_HOST: engine "auto" must start the embedded engine.
     monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{_free_port()}")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from tr111.effects import anova, cell_means, hedges_g, observations, sensitivity, welch_compare
+from oracles.effects import anova, cell_means, hedges_g, observations, sensitivity, welch_compare
 
 GPUS, CTXS, TEMPS, RUNS = (60, 80, 120), (256, 512, 1024), (0.6, 0.8), (1, 2, 3)
 

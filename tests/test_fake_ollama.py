@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from tr111.testing import FAULT_NAMES, FakeOllama, FakeTimings
+from tr111.fake_ollama import FAULT_NAMES, FakeOllama, FakeTimings
 
 FAST = FakeTimings(load_ms=5.0, prompt_ms_per_token=0.01, token_ms=0.5, tokens=8)
 METRICS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
@@ -322,7 +322,7 @@ def test_num_parallel_queues_requests():
 
 def test_command_line():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tr111.testing.fake_ollama", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "tr111.fake_ollama", "--port", "0",
                              "--token-ms", "0.1", "--fault", "http503"],
                             stdout=subprocess.PIPE, text=True, env=env)
     try:

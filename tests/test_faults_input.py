@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from faults_support import cli, cli_env, one, rows, run_sweep, stderr_lines, sweep_paths, write_matrix
-from tr111.testing.fake_ollama import FakeOllama, FakeTimings
+from tr111.fake_ollama.server import FakeOllama, FakeTimings
 
 GOOD = "model: gemma3:latest\nruns: 1\ngrid:\n  num_ctx: [512]\n"
 

@@ -17,7 +17,7 @@ import pytest
 from faults_support import (REPO, at, cli, cli_env, no_duplicate_calls, one, rows, run_sweep,
                             stderr_lines, sweep_paths, write_matrix)
 from tr111.errors import ModelNotFoundError
-from tr111.testing.fake_ollama import FakeOllama, FakeTimings
+from tr111.fake_ollama.server import FakeOllama, FakeTimings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -90,7 +90,7 @@ def _sweep_row(warehouse, sweep_id):
 def test_fake_places_faults_by_prompt_and_dies_on_request(fake):
     """The fake's controls this matrix relies on: inject_when() and the 'die' fault."""
     from tr111.errors import ServerUnavailableError, TransientError
-    from tr111.ollama_client import OllamaClient
+    from tr111.ollama.client import OllamaClient
 
     fake.inject("http503")  # requests that match no inject_when() consume the plain queue
     fake.inject_when("/c/run2.", "http500", "garbage")
@@ -121,7 +121,7 @@ def test_fake_places_faults_by_prompt_and_dies_on_request(fake):
 @pytest.mark.slow
 def test_refused_at_start_is_one_line_and_leaves_the_warehouse_alone(tmp_path):
     """The warehouse already holds a finished sweep; a sweep whose server refuses adds nothing."""
-    from warehouse import writer
+    from tr111.warehouse import writer
 
     warehouse = tmp_path / "wh.duckdb"
     writer.start_sweep(warehouse, {"sweep_id": "old", "status": "running", "model": "m"}, [])
@@ -309,7 +309,7 @@ def test_command_restart_really_restarts_the_server_from_an_argv(tmp_path, fake_
 def test_command_restart_that_never_brings_the_server_back_stops_incomplete(tmp_path, fake_process,
                                                                             small_corpus, monkeypatch):
     """The first config's restart works; the second one's kills the server for good."""
-    from flows.sweep import SweepIncompleteError
+    from tr111.errors import SweepIncompleteError
 
     log = tmp_path / "restart.log"
     once = tmp_path / "once"

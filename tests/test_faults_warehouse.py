@@ -14,8 +14,8 @@ import pytest
 
 from faults_support import REPO, one, rows, run_sweep, sweep_paths, write_matrix
 from tr111.errors import TransientError
-from tr111.testing.fake_ollama import FakeOllama, FakeTimings
-from warehouse import connect, writer
+from tr111.fake_ollama.server import FakeOllama, FakeTimings
+from tr111.warehouse import connect, writer
 
 DUCKDB_CLI = shutil.which("duckdb")
 LOCK_MESSAGES = ("Could not set lock", "Conflicting lock")
@@ -79,7 +79,7 @@ def test_a_writer_locked_out_past_its_timeout_raises_a_transient_error(tmp_path)
 def test_a_writer_waits_for_a_read_only_connection_of_its_own_process(tmp_path):
     """In one process DuckDB refuses a writable connection while a read-only one is open
     (e.g. a report being rendered): that is waited out like a lock, not a config error."""
-    from warehouse import open_read_only
+    from tr111.warehouse import open_read_only
 
     path = _new_warehouse(tmp_path)
     with open_read_only(path) as con:
@@ -111,7 +111,7 @@ def _loop(argv: list[str], stop: threading.Event, ready, results: list, pause: f
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_readers_throughout_a_sweep_and_a_writer_that_meets_their_lock(tmp_path, small_corpus, monkeypatch):
-    import warehouse.connection as connection
+    import tr111.warehouse.connection as connection
 
     monkeypatch.setenv("TR111_RETRY_BACKOFF_S", "0.01")
     monkeypatch.setenv("TR111_GPU_TELEMETRY", "false")

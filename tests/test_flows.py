@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tr111.errors import ModelNotFoundError
-from warehouse import open_read_only
+from tr111.warehouse import open_read_only
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -32,7 +32,7 @@ def sweep_env(tmp_path, monkeypatch, small_corpus):
 
 
 def _run(fake, env, restart="unload", **kw):
-    from flows.sweep import tr111_sweep
+    from tr111.flows.sweep import tr111_sweep
 
     return tr111_sweep(ollama_url=fake.url, restart=restart, **env, **kw)
 

@@ -16,7 +16,7 @@ import pytest
 
 from faults_support import REPO, at, cli, one, rows, run_sweep, stderr_lines, sweep_paths, write_matrix
 from tr111.errors import ConfigError, ServerUnavailableError
-from tr111.testing.fake_ollama import FakeOllama, FakeTimings
+from tr111.fake_ollama.server import FakeOllama, FakeTimings
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_warmup_is_recorded_and_kept_out_of_the_statistics(warm_sweep):
 
 
 def test_warmup_prompt_shares_no_prefix_with_the_measured_calls(warm_sweep):
-    from tr111.pipeline import WARMUP_PROMPT
+    from tr111.run.stages import WARMUP_PROMPT
 
     wh, generate = warm_sweep
     prompts = rows(wh, "SELECT config_id, run_number, stage, prompt FROM llm_calls ORDER BY ALL")
@@ -113,7 +113,7 @@ def test_cache_bust_off_sends_identical_prompts_and_is_recorded(tmp_path, fake, 
 def test_whole_call_and_connect_timeouts_come_from_settings(tmp_path, fake, small_corpus, monkeypatch):
     """A server that sits on the request (slow first token) or stalls mid-stream is cut at the
     whole-call deadline, read timeout or not; the retry then succeeds."""
-    from tr111 import pipeline
+    from tr111.run import stages as pipeline
 
     monkeypatch.setenv("TR111_CALL_TIMEOUT_S", "1")
     monkeypatch.setenv("TR111_READ_TIMEOUT_S", "30")
@@ -140,7 +140,7 @@ def test_whole_call_and_connect_timeouts_come_from_settings(tmp_path, fake, smal
 def test_whole_call_deadline_holds_whatever_the_server_does(fake, fault):
     """Slow first token (headers late), a stall mid-stream, tokens trickling in: all cut at 0.6 s."""
     from tr111.errors import TransientError
-    from tr111.ollama_client import OllamaClient
+    from tr111.ollama.client import OllamaClient
 
     if fault == "trickle":
         fake.timings.token_ms = 200  # 8 tokens: a 1.6 s stream, a line every 0.2 s
@@ -156,7 +156,7 @@ def test_whole_call_deadline_holds_whatever_the_server_does(fake, fault):
 
 
 def test_the_deadline_watchdog_never_cuts_a_call_that_finished_in_time(fake):
-    from tr111.ollama_client import OllamaClient
+    from tr111.ollama.client import OllamaClient
 
     with OllamaClient(fake.url, call_timeout_s=0.3) as client:
         for _ in range(20):
@@ -170,7 +170,7 @@ def test_the_deadline_watchdog_never_cuts_a_call_that_finished_in_time(fake):
 def test_connect_timeout_from_settings_applies_to_a_server_that_never_accepts(tmp_path, small_corpus,
                                                                               monkeypatch):
     """A listener whose accept queue is full drops SYNs: only the connect timeout ends the wait."""
-    from flows.sweep import tr111_sweep
+    from tr111.flows.sweep import tr111_sweep
 
     monkeypatch.setenv("TR111_CONNECT_TIMEOUT_S", "0.5")
     listener = socket.socket()
@@ -223,8 +223,8 @@ def test_no_shell_anywhere_in_the_code():
 
 
 def test_restart_command_is_an_argv_passed_verbatim(tmp_path, fake, monkeypatch):
-    from tr111.ollama_client import OllamaClient
-    from tr111.restart import restart_server
+    from tr111.ollama.client import OllamaClient
+    from tr111.run.restart import restart_server
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "argv.json"
@@ -252,7 +252,7 @@ def test_ids_that_could_escape_the_output_folder_are_rejected(bad):
 
 @pytest.mark.usefixtures("prefect_harness", "env")
 def test_a_traversal_sweep_id_is_rejected_before_any_file_is_written(tmp_path, fake, small_corpus):
-    from flows.sweep import tr111_sweep
+    from tr111.flows.sweep import tr111_sweep
 
     paths = {"warehouse": str(tmp_path / "w" / "wh.duckdb"), "out": str(tmp_path / "out" / "reports"),
              "corpus": str(small_corpus)}
@@ -272,7 +272,7 @@ def test_report_writer_refuses_a_path_outside_the_output_folder(tmp_path):
 
 
 def _warehouse_with_a_sweep(tmp_path) -> Path:
-    from warehouse import writer
+    from tr111.warehouse import writer
 
     path = tmp_path / "wh.duckdb"
     writer.start_sweep(path, {"sweep_id": "s1", "status": "completed", "model": "m"}, [])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tr111.errors import EmptyCorpusError
-from tr111.ingest import DataSummary, fingerprint_corpus, ingest_corpus
+from tr111.ingest.corpus import DataSummary, fingerprint_corpus, ingest_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS = REPO_ROOT / "corpus" / "sample"
@@ -367,7 +367,7 @@ def test_sample_corpus_matches_its_generator(tmp_path: Path) -> None:
 
 
 def test_pool_failure_falls_back_to_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tr111.ingest as ingest_module
+    import tr111.ingest.corpus as ingest_module
 
     _generate(tmp_path / "gen", 300)
     expected = ingest_corpus(tmp_path / "gen", workers=1).to_dict()
@@ -384,7 +384,7 @@ _TEST_PROCESS = os.getpid()
 
 def _chunk_that_kills_workers(entries, max_file_bytes):
     """Stands in for ingest_chunk: a forked worker dies, the parent does the work."""
-    from tr111.ingest_files import ingest_chunk
+    from tr111.ingest.files import ingest_chunk
 
     if os.getpid() != _TEST_PROCESS:
         os._exit(1)
@@ -393,7 +393,7 @@ def _chunk_that_kills_workers(entries, max_file_bytes):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="worker processes are forked on Linux only")
 def test_broken_worker_pool_falls_back_to_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tr111.ingest as ingest_module
+    import tr111.ingest.corpus as ingest_module
 
     _generate(tmp_path / "gen", 600)
     expected = ingest_corpus(tmp_path / "gen", workers=1).to_dict()

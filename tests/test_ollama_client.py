@@ -7,9 +7,9 @@ import socket
 import pytest
 
 from tr111.errors import ModelNotFoundError, ServerUnavailableError, TerminalError, TransientError
-from tr111.metrics import ServerMetrics
-from tr111.ollama_client import OllamaClient
-from tr111.testing.fake_ollama import FakeOllama, FakeTimings
+from tr111.ollama.metrics import ServerMetrics
+from tr111.ollama.client import OllamaClient
+from tr111.fake_ollama.server import FakeOllama, FakeTimings
 
 MODEL = "gemma3:latest"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tr111.quality import (
+from tr111.report.quality import (
     QualityScore,
     compare_quality,
     extract_numbers,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tr111.regression import MetricRule, detect_regressions, regressions_only
+from oracles.regression import MetricRule, detect_regressions, regressions_only
 
 
 def _batch(rng, configs, *, tps=100.0, ttft=300.0, sd_pct=1.0, runs=3, calls_per_run=2,

@@ -16,10 +16,10 @@ import pytest
 from scipy import stats as sps
 
 from fixtures_report import CONFIGS, POOR_CONFIG, SLOW_FACTOR, START, build_sweep
-from tr111.effects import anova, observations, welch_compare
+from oracles.effects import anova, observations, welch_compare
 from tr111.report.service import generate
-from tr111.stats import population_summary
-from warehouse import open_read_only
+from tr111.stats.summary import population_summary
+from tr111.warehouse import open_read_only
 
 SLOW = "ctx512_temp0p6"
 SECTIONS = [
@@ -238,7 +238,7 @@ def test_chimera_comparison_is_welch_on_run_means(built):
 
 
 def test_quality_is_scored_stored_once_and_the_poor_config_called_out(built):
-    from tr111.quality import score_report
+    from tr111.report.quality import score_report
     from tr111.report.scoring import count_pending
 
     scores, calls = built["scores"], built["calls"]
@@ -263,7 +263,7 @@ def test_quality_is_scored_stored_once_and_the_poor_config_called_out(built):
 
 
 def test_regression_section_flags_the_slowed_config_and_no_other(built):
-    from tr111.regression import detect_regressions
+    from oracles.regression import detect_regressions
 
     text = built["text"].split("## 11.", 1)[1].split("### 11.1", 1)[0]
     rows = by_config(table(text, "| Configuration | Throughput before"))

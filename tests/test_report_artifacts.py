@@ -29,8 +29,8 @@ def test_report_flow_and_sweep_style_publication(tmp_path):
     from prefect import flow
     from prefect.runtime import flow_run
 
-    from flows.report import tr111_report
-    from tasks import artifacts
+    from tr111.flows.report import tr111_report
+    from tr111.tasks import artifacts
 
     path = tmp_path / "wh.duckdb"
     build_sweep(path, "a1", seed=31, started_at=START, runs=3, scale={SLOW: 1 / SLOW_FACTOR})
@@ -66,7 +66,7 @@ def test_report_flow_and_sweep_style_publication(tmp_path):
 
 
 def test_publishing_never_fails_a_sweep(tmp_path, monkeypatch):
-    from tasks import artifacts
+    from tr111.tasks import artifacts
 
     def boom(*args, **kwargs):
         raise RuntimeError("API down")

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from tr111.effects import anova, welch_compare
-from tr111.regression import detect_regressions
-from tr111.report.numeric import Cell, anova_cells, summary, t_ci, welch, welch_from_stats
-from tr111.stats import DistributionSummary
+from oracles.effects import anova, welch_compare
+from oracles.regression import detect_regressions
+from tr111.stats.inference import Cell, anova_cells, summary, t_ci, welch, welch_from_stats
+from tr111.stats.summary import DistributionSummary
 
 
 def _cells(df: pd.DataFrame, factors: list[str], metric: str = "y") -> list[Cell]:
@@ -113,7 +113,7 @@ def test_compare_sweeps_equals_detect_regressions(tmp_path):
 
     from fixtures_report import POOR_CONFIG, START, build_sweep
     from tr111.report.history import compare_sweeps
-    from warehouse import open_read_only
+    from tr111.warehouse import open_read_only
 
     path = tmp_path / "wh.duckdb"
     build_sweep(path, "a", seed=1)

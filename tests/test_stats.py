@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from tr111.recommend import ConfigSummary, recommendation_tiers, summaries_from_calls
-from tr111.stats import DistributionSummary, population_summary, rank_configs, summarize_groups
+from tr111.report.recommend import ConfigSummary, recommendation_tiers, summaries_from_calls
+from tr111.stats.summary import DistributionSummary, population_summary, rank_configs, summarize_groups
 
 
 def test_summary_matches_hand_computed_values():

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tr111 import telemetry
-from tr111.telemetry import (
+from tr111.telemetry import sampler as telemetry
+from tr111.telemetry.sampler import (
     ROW_KEYS,
     GpuInfo,
     GpuTelemetry,
@@ -18,7 +18,7 @@ from tr111.telemetry import (
     null_row,
     summarise_samples,
 )
-from tr111.telemetry_nvml import Sample
+from tr111.telemetry.nvml import Sample
 
 try:
     import fake_nvml as fake
@@ -269,7 +269,7 @@ def test_start_stop_overhead_is_well_under_a_millisecond():
 
 @pytest.mark.parametrize("error", [fake.NVMLError_LibraryNotFound, fake.NVMLError_DriverNotLoaded])
 def test_no_driver_gives_disabled_instance_and_one_log_line(error, caplog):
-    caplog.set_level(logging.INFO, logger="tr111.telemetry")
+    caplog.set_level(logging.INFO, logger="tr111.telemetry.sampler")
     nvml = fake.FakeNvml(init_error=error)
     first = GpuTelemetry.open(0, nvml=nvml)
     second = GpuTelemetry.open(0, nvml=nvml)

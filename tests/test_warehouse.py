@@ -13,9 +13,9 @@ import duckdb
 import pytest
 
 from tr111.errors import ConfigError
-from warehouse import connect, migrate, open_read_only, writer
-from warehouse.migrations import MIGRATIONS
-from warehouse.reader import attempt_counters, finished_runs, resolve_sweep_id
+from tr111.warehouse import connect, migrate, open_read_only, writer
+from tr111.warehouse.migrations import MIGRATIONS
+from tr111.warehouse.reader import attempt_counters, finished_runs, resolve_sweep_id
 
 
 def _call(config, run, stage, tps, ttft, *, attempt=1, status="ok", run_attempt=1):

@@ -1,7 +1,23 @@
-"""One small error tree: transient faults are retried, terminal ones fail at once.
+"""Every error class tr111 raises on purpose, in one tree.
 
-Mapped at the boundary (the Ollama client, the engine launcher, config loading)
-so that orchestration only ever sees these two kinds.
+Transient faults are retried (Prefect's retry condition asks ``is_transient``),
+terminal ones fail at once. They are mapped at the boundary (the Ollama client
+maps httpx's tree, the engine launcher, config loading, the warehouse
+connection) so that orchestration only ever sees these kinds::
+
+    Tr111Error
+    ├── TransientError                 retried: timeouts, connection errors, 5xx, a dropped stream
+    │   └── ServerUnavailableError     refused connection, or not back in time
+    │       └── SweepIncompleteError   gone mid-sweep for good: the unfinished runs are named
+    ├── TerminalError                  retrying cannot help
+    │   ├── ConfigError                bad matrix, setting, flag or path (CLI exit code 2)
+    │   ├── ModelNotFoundError         the server does not know the model (HTTP 404)
+    │   ├── EmptyCorpusError           no readable CSV, JSON or Markdown file
+    │   └── ModelLoadError             the embedded engine cannot load a GGUF file
+    └── EngineRequestError             inside the embedded engine's HTTP layer only
+        ├── BadRequest                 answered 400 with Ollama's {"error": ...} body
+        │   └── OptionError            an option of the wrong type or value (also a ValueError)
+        └── ClientGone                 the HTTP client went away mid-request: stop generating
 """
 
 from __future__ import annotations
@@ -23,12 +39,20 @@ class TransientError(Tr111Error):
     """A fault that may pass: timeouts, connection errors, 5xx, a dropped stream."""
 
 
+class ServerUnavailableError(TransientError):
+    """The server refused the connection or did not come back in time."""
+
+
+class SweepIncompleteError(ServerUnavailableError):
+    """The server went away mid-sweep and did not come back: unfinished runs are named."""
+
+
 class TerminalError(Tr111Error):
     """A fault that retrying cannot fix: unknown model, bad config, bad input."""
 
 
 class ConfigError(TerminalError):
-    """User input (matrix, settings, CLI flags) is invalid; CLI exit code 2."""
+    """User input (matrix, settings, CLI flags, paths) is invalid; CLI exit code 2."""
 
 
 class ModelNotFoundError(TerminalError):
@@ -39,8 +63,24 @@ class EmptyCorpusError(TerminalError):
     """The corpus holds no readable CSV, JSON or Markdown file."""
 
 
-class ServerUnavailableError(TransientError):
-    """The server refused the connection or did not come back in time."""
+class ModelLoadError(TerminalError):
+    """llama.cpp could not load the file (bad GGUF, not enough memory)."""
+
+
+class EngineRequestError(Tr111Error):
+    """Signals inside the embedded engine's request handling; they never leave its process."""
+
+
+class BadRequest(EngineRequestError):
+    """400 with Ollama's ``{"error": ...}`` body."""
+
+
+class OptionError(BadRequest, ValueError):
+    """An option has the wrong type or value; the HTTP layer answers 400 like Ollama."""
+
+
+class ClientGone(EngineRequestError):
+    """The HTTP client went away mid-request; generation must stop."""
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -159,8 +159,11 @@ def expand(matrix: SweepMatrix) -> list[Config]:
 
 
 def load_matrix(path: str | Path, *, model: str | None = None, runs: int | None = None) -> SweepMatrix:
-    """Read and validate a matrix file; every problem is one ConfigError line."""
-    path = Path(path)
+    """Read and validate a matrix file (a path, or a built-in name: ``quick``, ``tr111``);
+    every problem is one ConfigError line."""
+    from tr111.paths import matrix_path
+
+    path = matrix_path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tr111 import paths
 from tr111.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OLLAMA_PORT = 11434
 
 RestartStrategy = Literal["none", "unload", "command", "embedded"]
@@ -61,10 +61,13 @@ class Settings(BaseModel):
 
     ollama_url: str = Field(default_factory=lambda: ollama_url_from_host(None))
     engine: EngineChoice = "auto"
-    warehouse_path: Path = Path("warehouse/tr111.duckdb")
-    out_dir: Path = Path("reports")
-    corpus_dir: Path = REPO_ROOT / "corpus" / "sample"
-    templates_dir: Path = REPO_ROOT / "templates"
+    # Where outputs go by default (tr111.paths): a checkout keeps warehouse/ and reports/ in
+    # the working directory; elsewhere they live under ``home`` (default: the data home).
+    home: Path | None = None
+    warehouse_path: Path = None  # type: ignore[assignment]  # filled from home (see _locations)
+    out_dir: Path = None  # type: ignore[assignment]
+    corpus_dir: Path = Field(default_factory=paths.sample_corpus)
+    templates_dir: Path = Field(default_factory=paths.templates_dir)
     # HTTP timeouts (seconds): connect, per-read, and a whole-call deadline.
     connect_timeout_s: float = Field(5.0, gt=0, le=600)
     read_timeout_s: float = Field(120.0, gt=0, le=3600)
@@ -78,6 +81,16 @@ class Settings(BaseModel):
     regression_threshold_pct: float = Field(5.0, gt=0, le=1000)
     engine_threads: int | None = Field(None, ge=1, le=1024)
     gpu_telemetry: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _locations(cls, values: dict) -> dict:
+        if values.get("warehouse_path") is None or values.get("out_dir") is None:
+            home = values.get("home")
+            defaults = paths.output_defaults(Path(home) if home else None)
+            values = {**values, "warehouse_path": values.get("warehouse_path") or defaults.warehouse_path,
+                      "out_dir": values.get("out_dir") or defaults.out_dir}
+        return values
 
     @field_validator("ollama_url")
     @classmethod

@@ -83,7 +83,7 @@ def connect(path: str | Path, *, timeout_s: float = 60.0) -> Iterator[duckdb.Duc
     try:
         key = str(path.resolve())
         if key not in _MIGRATED:
-            from warehouse.migrations import migrate
+            from tr111.warehouse.migrations import migrate
 
             migrate(con)
             _MIGRATED.add(key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from tr111.errors import ConfigError
-from warehouse.connection import first
+from tr111.warehouse.connection import first
 
 
 def finished_runs(con: duckdb.DuckDBPyConnection, sweep_id: str) -> set[tuple[str, int]]:

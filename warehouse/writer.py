@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import duckdb
 import pyarrow as pa
 
-from warehouse.connection import connect, first
+from tr111.warehouse.connection import connect, first
 
 TS = pa.timestamp("us", tz="UTC")
 S, F, I, B = pa.string(), pa.float64(), pa.int64(), pa.bool_()

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from tr111.errors import OptionError
+
 log = logging.getLogger(__name__)
 
 # Ollama's default context is 2048 in older releases and 4096 in newer ones;
@@ -22,10 +24,6 @@ DEFAULT_NUM_CTX = 2048
 DEFAULT_NUM_BATCH = 512
 DEFAULT_KEEP_ALIVE_NS = 5 * 60 * 1_000_000_000
 KEEP_ALIVE_FOREVER_NS = 2**63 - 1  # Ollama's time.Duration(math.MaxInt64)
-
-
-class OptionError(ValueError):
-    """An option has the wrong type; the HTTP layer answers 400 like Ollama."""
 
 
 def default_thread_count() -> int:

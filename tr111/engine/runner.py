@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tr111.errors import ClientGone
+
 from .options import SamplingOptions
 from .scheduler import LoadedModel
 
@@ -33,10 +35,6 @@ log = logging.getLogger(__name__)
 
 _MS_TO_NS = 1_000_000
 _PIECE_BUFFER_BYTES = 256
-
-
-class ClientGone(Exception):
-    """The HTTP client went away mid-request; generation must stop."""
 
 
 @dataclass

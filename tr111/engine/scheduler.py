@@ -16,16 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tr111.errors import TerminalError
+from tr111.errors import ModelLoadError
 
 from .models import ModelEntry
 from .options import KEEP_ALIVE_FOREVER_NS, RunnerOptions
 
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(TerminalError):
-    """llama.cpp could not load the file (bad GGUF, not enough memory)."""
 
 
 class FifoLock:

@@ -17,21 +17,19 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tr111.errors import BadRequest, ClientGone, ModelLoadError
+
 from .api_models import VERSION, ResponseShape, dumps, metrics, ps_payload, show_payload, tags_payload
 from .models import ModelEntry, ModelRegistry
-from .options import OptionError, RunnerOptions, parse_keep_alive, parse_options
-from .runner import ClientGone, generate, tokenize
-from .scheduler import ModelLoadError, Scheduler, release
+from .options import RunnerOptions, parse_keep_alive, parse_options
+from .runner import generate, tokenize
+from .scheduler import Scheduler, release
 
 log = logging.getLogger(__name__)
 
 _ALIVE_CHECK_EVERY = 16  # text pieces between liveness checks on non-streamed requests
 _JSON_TYPE_NAMES = {str: "string", bool: "bool", list: "array", dict: "object",
                     int: "number", float: "number", type(None): "null"}
-
-
-class BadRequest(Exception):
-    """400 with Ollama's ``{"error": ...}`` body."""
 
 
 class EngineHTTPServer(ThreadingHTTPServer):
@@ -114,9 +112,7 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
         try:
             body = self._read_json()
             handler(body, started_ns)
-        except BadRequest as exc:
-            self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-        except OptionError as exc:
+        except BadRequest as exc:  # OptionError included
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
 
     # -- endpoints ---------------------------------------------------------------

@@ -11,7 +11,7 @@ import itertools
 from typing import Any
 
 from tr111.report import queries
-from tr111.report.numeric import ALPHA, Anova, Cell, anova_cells, cell_summary, level_table, merge_cells
+from tr111.stats.inference import ALPHA, Anova, Cell, anova_cells, cell_summary, level_table, merge_cells
 
 METRICS = (
     {"key": "tps", "name": "throughput", "label": "Throughput", "unit": "tok/s", "higher_is_better": True},

@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 
 from tr111.report import analysis, history, queries, scoring, sections
-from warehouse.reader import sweep_row
+from tr111.warehouse.reader import sweep_row
 
 LIST_LIMIT = 200  # rows of run / failure tables listed in full; beyond, failures only
 

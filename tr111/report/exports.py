@@ -1,7 +1,7 @@
 """``tr111 export``: a sweep's calls, runs, quality scores and per-config summary as files.
 
 DuckDB writes every format (COPY ... TO, FORMAT CSV / JSON / PARQUET), streaming
-from the warehouse; the summary comes from the same queries as the report.
+from the tr111.warehouse; the summary comes from the same queries as the report.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Same rule as tr111.regression.detect_regressions with unit="run": per config
 and metric, Welch's t-test of the candidate's run means against the
 baseline's; a change is a regression when it is significant (p < alpha) and
 worse than ``threshold_pct`` (throughput lower, warm TTFT higher). Computed
-from per-config run-level sufficient statistics so a million-row warehouse
+from per-config run-level sufficient statistics so a million-row tr111.warehouse
 never reaches Python row by row; tests check it against detect_regressions.
 """
 
@@ -16,7 +16,7 @@ import duckdb
 
 from tr111.report import queries
 from tr111.report.analysis import METRICS
-from tr111.report.numeric import ALPHA, welch_from_stats
+from tr111.stats.inference import ALPHA, welch_from_stats
 
 
 def _change(metric: dict, base: dict | None, cand: dict | None, threshold_pct: float, alpha: float) -> dict:

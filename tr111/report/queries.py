@@ -13,9 +13,9 @@ from typing import Any
 
 import duckdb
 
-from tr111.report.numeric import Cell, summary
-from tr111.stats import DistributionSummary
-from warehouse.reader import rows
+from tr111.stats.inference import Cell, summary
+from tr111.stats.summary import DistributionSummary
+from tr111.warehouse.reader import rows
 
 WARM = "NOT coalesce(is_cold, false)"
 COLD = "coalesce(is_cold, false)"

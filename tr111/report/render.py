@@ -268,7 +268,7 @@ def write_report(ctx: ReportContext, out_dir: Path, templates_dir: Path,
     if con is not None:
         write_raw(con, ctx, base, folder, templates_dir)
     elif ctx.warehouse_path:
-        from warehouse import open_read_only
+        from tr111.warehouse import open_read_only
 
         with open_read_only(ctx.warehouse_path) as own:
             write_raw(own, ctx, base, folder, templates_dir)

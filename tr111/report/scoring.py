@@ -52,7 +52,7 @@ def count_pending(con: duckdb.DuckDBPyConnection, sweep_id: str) -> int:
 
 def score_pending(con: duckdb.DuckDBPyConnection, sweep_id: str) -> Iterator[dict]:
     """Score rows for every report call without a current score, fetched in batches."""
-    from tr111.quality import score_report
+    from tr111.report.quality import score_report
 
     params = [sweep_id, SCORER_VERSION] if has_table(con, "quality_scores") else [sweep_id]
     cur = con.cursor()
@@ -86,13 +86,13 @@ def ensure_quality_scores(warehouse: str | Path, sweep_id: str) -> tuple[int, li
     use them; the next report stores them.
     """
     from tr111.errors import Tr111Error
-    from warehouse import open_read_only
+    from tr111.warehouse import open_read_only
 
     with open_read_only(warehouse) as con:
         scores = list(score_pending(con, sweep_id))
     if not scores:
         return 0, []
-    from warehouse.writer import record_quality_scores
+    from tr111.warehouse.writer import record_quality_scores
 
     try:
         record_quality_scores(Path(warehouse), scores)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tr111.report.numeric import ALPHA, population, welch_from_stats
-from tr111.stats import DistributionSummary, rank_configs
+from tr111.stats.inference import ALPHA, population, welch_from_stats
+from tr111.stats.summary import DistributionSummary, rank_configs
 
 QUALITY_MARGIN = 0.10  # overall score points below the baseline that count as "clearly below"
 EMPTY = DistributionSummary.from_values([])
@@ -113,13 +113,13 @@ def quality(items: list[dict], qstats: dict[str, dict]) -> dict[str, Any]:
 
 
 def population_ci(q: dict) -> tuple[float | None, float | None]:
-    from tr111.report.numeric import t_ci
+    from tr111.stats.inference import t_ci
 
     return t_ci(q["overall"], q["overall_sd"], q["n"])
 
 
 def recommendations(items: list[dict]) -> list:
-    from tr111.recommend import ConfigSummary, recommendation_tiers
+    from tr111.report.recommend import ConfigSummary, recommendation_tiers
 
     summaries = []
     for e in items:

@@ -15,8 +15,8 @@ MEMORY_LIMIT = "64MB"  # DuckDB's buffer pool for the report's read-only connect
 
 
 def resolve(warehouse: str | Path, sweep: str | None) -> str:
-    from warehouse import open_read_only
-    from warehouse.reader import resolve_sweep_id
+    from tr111.warehouse import open_read_only
+    from tr111.warehouse.reader import resolve_sweep_id
 
     with open_read_only(warehouse) as con:
         return resolve_sweep_id(con, sweep)
@@ -46,7 +46,7 @@ def _with_connection(warehouse, work):
     need more memory than the cap, run it again without it."""
     import duckdb
 
-    from warehouse import open_read_only
+    from tr111.warehouse import open_read_only
 
     with open_read_only(warehouse) as con:
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")

@@ -25,7 +25,7 @@ import httpx
 
 from tr111.errors import (ModelNotFoundError, ServerUnavailableError, TerminalError,
                           Tr111Error, TransientError)
-from tr111.metrics import NS_PER_MS, CallResult, ServerMetrics, has_metrics
+from tr111.ollama.metrics import NS_PER_MS, CallResult, ServerMetrics, has_metrics
 
 
 

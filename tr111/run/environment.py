@@ -34,7 +34,7 @@ def detect_environment() -> dict:
         "cpu": cpu_model(), "cpu_count": os.cpu_count(), "memory_gib": memory_gib(), "gpus": [],
     }
     try:
-        from tr111.telemetry import detect_gpus
+        from tr111.telemetry.sampler import detect_gpus
 
         from dataclasses import asdict
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from tr111.effects import welch_compare
+from oracles.effects import welch_compare
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from itertools import chain, islice
 from pathlib import Path
 
 from tr111.errors import EmptyCorpusError
-from tr111.ingest_files import FILE_TYPES, ChunkResult, Entry, fingerprint_line, ingest_chunk, scan
+from tr111.ingest.files import FILE_TYPES, ChunkResult, Entry, fingerprint_line, ingest_chunk, scan
 
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 CHUNK_ENTRIES = 256  # unit of work; fixed so results do not depend on the worker count

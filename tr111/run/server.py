@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from tr111.errors import ServerUnavailableError, Tr111Error
-from tr111.ollama_client import OllamaClient
-from tr111.restart import register_engine
+from tr111.ollama.client import OllamaClient
+from tr111.run.restart import register_engine
 
 
 @dataclass

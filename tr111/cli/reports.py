@@ -73,8 +73,8 @@ def _report(args, settings) -> int:
 def _compare(args, settings) -> int:
     from tr111.errors import ConfigError
     from tr111.report import history, queries
-    from warehouse import open_read_only
-    from warehouse.reader import resolve_sweep_id, sweep_row
+    from tr111.warehouse import open_read_only
+    from tr111.warehouse.reader import resolve_sweep_id, sweep_row
 
     threshold = args.threshold if args.threshold is not None else settings.regression_threshold_pct
     if not threshold > 0:
@@ -140,8 +140,8 @@ def format_comparison(result: dict) -> str:
 def _export(args, settings) -> int:
     from tr111.matrix import validate_id
     from tr111.report.exports import export_sweep
-    from warehouse import open_read_only
-    from warehouse.reader import resolve_sweep_id
+    from tr111.warehouse import open_read_only
+    from tr111.warehouse.reader import resolve_sweep_id
 
     with open_read_only(settings.warehouse_path) as con:
         sweep_id = validate_id(resolve_sweep_id(con, args.sweep), "sweep id")

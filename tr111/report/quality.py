@@ -324,7 +324,7 @@ def compare_quality(
     ``below`` when mean < baseline mean - margin, and (if ``require_significance``)
     Welch's p < alpha as well.
     """
-    from tr111.effects import welch_compare  # pandas/statsmodels: only when comparing
+    from oracles.effects import welch_compare  # pandas/statsmodels: only when comparing
 
     baseline_scores = [s.overall for s in per_config.get(baseline_id, ())]
     result: list[QualityComparison] = []

@@ -24,14 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sweep = sub.add_parser("sweep", help="run a sweep (tr111-sweep), then render its report")
-    sweep.add_argument("--matrix", default="sweeps/quick.yaml", help="sweep matrix YAML")
+    sweep.add_argument("--matrix", default="quick",
+                       help="sweep matrix YAML, or a built-in one: quick (default), tr111")
     sweep.add_argument("--ollama-url", help="server URL (default: OLLAMA_HOST or 127.0.0.1:11434)")
     sweep.add_argument("--engine", choices=["auto", "ollama", "embedded"],
                        help="auto: Ollama if it answers, else the embedded engine")
     sweep.add_argument("--model", help="override the matrix's model")
-    sweep.add_argument("--corpus", help="benchmark files to ingest (default: corpus/sample)")
-    sweep.add_argument("--warehouse", help="DuckDB file (default: warehouse/tr111.duckdb)")
-    sweep.add_argument("--out", help="report folder (default: reports)")
+    sweep.add_argument("--corpus", help="benchmark files to ingest (default: the shipped sample corpus)")
+    sweep.add_argument("--warehouse", help="DuckDB file (default: warehouse/tr111.duckdb in a checkout, else $TR111_HOME/tr111.duckdb)")
+    sweep.add_argument("--out", help="report folder (default: reports in a checkout, else $TR111_HOME/reports)")
     sweep.add_argument("--runs", type=int, help="override runs per config")
     sweep.add_argument("--restart", choices=["none", "unload", "command", "embedded"],
                        help="how to restart the server before a config's runs")
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("action", choices=["serve"])
     engine.add_argument("args", nargs=argparse.REMAINDER,
                         help="options of 'serve' (--host, --port, --model NAME=PATH, --threads)")
-    from tr111.cli_reports import add_report_commands
+    from tr111.cli.reports import add_report_commands
 
     add_report_commands(sub)  # compare, export
     return parser
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from tr111.errors import ConfigError, TerminalError, Tr111Error
 
     try:
-        from tr111.cli_reports import run_report_command
+        from tr111.cli.reports import run_report_command
 
         handled = run_report_command(args)  # report, compare, export
         if handled is not None:
@@ -93,7 +94,7 @@ def cmd_query(args) -> int:
 
     from tr111.errors import ConfigError
     from tr111.settings import Settings
-    from warehouse import open_read_only
+    from tr111.warehouse import open_read_only
 
     settings = Settings.build(warehouse_path=args.warehouse)
     with open_read_only(settings.warehouse_path) as con:
@@ -125,14 +126,14 @@ def cmd_sweep(args) -> int:
             os.environ[f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL"] = "CRITICAL"
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from tr111.cli_progress import progress_display
+    from tr111.cli.progress import progress_display
     from tr111.matrix import load_matrix, validate_id
 
     load_matrix(args.matrix, model=args.model, runs=args.runs)  # bad input: fail before Prefect
     if args.sweep_id:
         validate_id(args.sweep_id, "sweep id")
     _preflight(args)
-    from flows.sweep import tr111_sweep
+    from tr111.flows.sweep import tr111_sweep
 
     with progress_display():
         result = tr111_sweep(matrix=args.matrix, sweep_id=args.sweep_id, ollama_url=args.ollama_url,
@@ -152,7 +153,7 @@ def _preflight(args) -> None:
     """Settings, restart command and corpus checked before Prefect starts or a row is written:
     bad input is one line and exit code 2, not a failed flow run."""
     from tr111.errors import ConfigError, EmptyCorpusError
-    from tr111.ingest import check_corpus
+    from tr111.ingest.corpus import check_corpus
     from tr111.settings import Settings
 
     settings = Settings.build(ollama_url=args.ollama_url, engine=args.engine, corpus_dir=args.corpus,
@@ -165,6 +166,3 @@ def _preflight(args) -> None:
     except EmptyCorpusError as exc:
         raise ConfigError(str(exc)) from None
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -17,11 +17,11 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from tr111.testing.fake_ollama_faults import Fault, parse_keep_alive, wait_until
-from tr111.testing.fake_ollama_models import runner_options
+from tr111.fake_ollama.faults import Fault, parse_keep_alive, wait_until
+from tr111.fake_ollama.models import runner_options
 
 if TYPE_CHECKING:
-    from tr111.testing.fake_ollama import FakeOllama
+    from tr111.fake_ollama.server import FakeOllama
 
 _FILLER = ("The", "benchmark", "measures", "latency", "and", "throughput", "of", "42",
            "tokens", "per", "second", "on", "a", "GPU", "with", "7", "ms", "overhead.")

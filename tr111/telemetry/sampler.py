@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from tr111.telemetry_nvml import GpuInfo, NvmlDevice, Sample, describe_error, load_nvml
+from tr111.telemetry.nvml import GpuInfo, NvmlDevice, Sample, describe_error, load_nvml
 
 __all__ = [
     "ROW_KEYS",

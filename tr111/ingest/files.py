@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Iterator
 
-from tr111.ingest_parsers import FieldSink, load_json, parse_csv, parse_markdown, walk_json
+from tr111.ingest.parsers import FieldSink, load_json, parse_csv, parse_markdown, walk_json
 
 FILE_TYPES = {"csv": "csv", "json": "json", "md": "md"}  # lower-case extension -> type
 BINARY_PROBE_BYTES = 8192

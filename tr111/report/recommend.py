@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from tr111.stats import DistributionSummary
+from tr111.stats.summary import DistributionSummary
 
 if TYPE_CHECKING:  # pandas and scipy.stats stay out of the report's import path (memory)
     import pandas as pd

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from tr111.errors import ConfigError, ServerUnavailableError, Tr111Error
-from tr111.metrics import NS_PER_MS
-from tr111.ollama_client import OllamaClient
+from tr111.ollama.metrics import NS_PER_MS
+from tr111.ollama.client import OllamaClient
 
 POLL_S = 0.05
 

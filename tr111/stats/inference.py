@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tr111.stats import CONFIDENCE, Comparison, DistributionSummary, cv_pct
+from tr111.stats.summary import CONFIDENCE, Comparison, DistributionSummary, cv_pct
 
 ALPHA = 0.05
 
@@ -326,6 +326,6 @@ def cell_summary(cell: Cell) -> DistributionSummary:
 
 
 def population(values: Mapping[str, float | None]):
-    from tr111.stats import population_summary
+    from tr111.stats.summary import population_summary
 
     return population_summary(values)

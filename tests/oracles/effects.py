@@ -22,7 +22,7 @@ import statsmodels.formula.api as smf
 from scipy import stats as sps
 from statsmodels.stats.anova import anova_lm
 
-from tr111.stats import Comparison, clean_values  # noqa: F401 (Comparison re-exported)
+from tr111.stats.summary import Comparison, clean_values  # noqa: F401 (Comparison re-exported)
 
 PARAMS = ("num_gpu", "num_ctx", "temperature")
 ALPHA = 0.05

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from tr111.errors import Tr111Error
 from tr111.matrix import Config
-from tr111.metrics import NS_PER_MS, CallResult
-from tr111.ollama_client import OllamaClient
-from tr111.prompts import analysis_prompt, report_prompt, run_nonce
-from tr111.restart import RestartOutcome, restart_server
+from tr111.ollama.metrics import NS_PER_MS, CallResult
+from tr111.ollama.client import OllamaClient
+from tr111.run.prompts import analysis_prompt, report_prompt, run_nonce
+from tr111.run.restart import RestartOutcome, restart_server
 
 STAGES = ("analysis", "report")
 WARMUP_PROMPT = "Warm-up request: reply with one word."
@@ -97,7 +97,7 @@ _TELEMETRY: dict[bool, object] = {}
 def telemetry(enabled: bool):
     """One GPU sampler per process; off (all gpu_* NULL, one log line) without a driver."""
     if enabled not in _TELEMETRY:
-        from tr111.telemetry import GpuTelemetry
+        from tr111.telemetry.sampler import GpuTelemetry
 
         _TELEMETRY[enabled] = GpuTelemetry.open(0) if enabled else None
     return _TELEMETRY[enabled]
@@ -134,7 +134,7 @@ def _generate(client: OllamaClient, plan: SweepPlan, prompt: str, options: dict)
 def classify_run_calls(calls: list[CallResult], *, first_after_restart: bool,
                        options_changed: bool) -> list[tuple[bool, str]]:
     """Cold/warm per call of one run, in execution order (see tr111.coldwarm for the rule)."""
-    from tr111.coldwarm import CallTiming, classify_cold
+    from tr111.run.coldwarm import CallTiming, classify_cold
 
     timings = [CallTiming(load_duration_ms=c.server.load_duration_ms, ttft_ms=c.ttft_ms,
                           first_after_restart=first_after_restart and i == 0,
@@ -157,7 +157,7 @@ def truncation(call: CallResult, num_ctx: int | None, cache_bust: bool) -> tuple
 
 def call_row(plan: SweepPlan, key: RunKey, stage: str, attempt: int, call: CallResult, *,
              cold: tuple[bool, str] | None = None, num_ctx: int | None = None) -> dict:
-    from warehouse.writer import to_json
+    from tr111.warehouse.writer import to_json
 
     row = call.as_row()
     options = row.pop("options")

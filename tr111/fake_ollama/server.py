@@ -13,7 +13,7 @@ are the server-side time actually spent.
     with FakeOllama(FakeTimings(token_ms=2)) as fake:
         httpx.post(f"{fake.url}/api/generate", json={"model": "gemma3", "prompt": "hi"})
 
-Command line: ``python -m tr111.testing.fake_ollama --port 11434 --token-ms 2``.
+Command line: ``python -m tr111.fake_ollama --port 11434 --token-ms 2``.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import ThreadingHTTPServer
 
-from tr111.testing.fake_ollama_faults import FAULT_NAMES, Fault, parse_fault, wait_until
-from tr111.testing.fake_ollama_handler import FakeOllamaHandler, filler_word, now_iso
-from tr111.testing.fake_ollama_models import ModelInfo, canonical_name, model_info
+from tr111.fake_ollama.faults import FAULT_NAMES, Fault, parse_fault, wait_until
+from tr111.fake_ollama.handler import FakeOllamaHandler, filler_word, now_iso
+from tr111.fake_ollama.models import ModelInfo, canonical_name, model_info
 
 __all__ = ["FAULT_NAMES", "FakeOllama", "FakeTimings", "main"]
 
@@ -79,7 +79,7 @@ class FakeOllama:
     Faults for inject() and inject_when() (parameter after a colon): http500, http503,
     notfound, refuse, drop:N, stall:S, garbage, error_chunk, no_metrics, slow_first:MS,
     die:N (the server goes down mid-stream until come_up()) — see
-    fake_ollama_faults.FAULT_PARAMS. ``response_text`` replaces the streamed filler words;
+    tr111.fake_ollama.faults.FAULT_PARAMS. ``response_text`` replaces the streamed filler words;
     ``garbage_line`` is the line the garbage fault sends. ``num_parallel`` queues requests beyond that many,
     like OLLAMA_NUM_PARALLEL (queue time shows in total_duration only, as in Ollama).
     """
@@ -379,7 +379,7 @@ def _matches(match: object, body: object) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a fake Ollama until Ctrl-C; prints its URL on the first line of stdout."""
-    parser = argparse.ArgumentParser(prog="python -m tr111.testing.fake_ollama",
+    parser = argparse.ArgumentParser(prog="python -m tr111.fake_ollama",
                                      description="Fake Ollama server for tests and benchmarks.")
     defaults = FakeTimings()
     parser.add_argument("--host", default="127.0.0.1")
@@ -420,6 +420,3 @@ def main(argv: list[str] | None = None) -> int:
         fake.stop()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

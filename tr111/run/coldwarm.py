@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tr111.stats import clean_values
+from tr111.stats.summary import clean_values
 
 MIN_THRESHOLD_MS = 50.0
 LOAD_FACTOR = 5.0
