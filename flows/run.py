@@ -15,6 +15,8 @@ from prefect.utilities.annotations import quote
 
 from tr111.tasks.stages import ingest, llm_call, record, restart_ollama
 from tr111.run import stages as pipeline
+from tr111.run.context import SweepContext
+from tr111.run.plan import RunKey
 from tr111.errors import TerminalError, Tr111Error
 
 
@@ -23,6 +25,14 @@ def _run_name() -> str:
 
     key = flow_run.parameters.get("key")
     return getattr(key, "name", "run")
+
+
+TASKS = ("restart-ollama", "ingest", "analysis-call", "report-call", "record")  # the DAG below
+
+
+def task_count(warmup: bool) -> int:
+    """Tasks one run creates: the five above, plus the warm-up call when the matrix asks for it."""
+    return len(TASKS) + int(warmup)
 
 
 @lru_cache(maxsize=8)
@@ -36,9 +46,9 @@ def _tasks(retries: int, backoff_s: float):
 
 
 @flow(name="tr111-run", flow_run_name=_run_name, validate_parameters=False, persist_result=False)
-def tr111_run(plan: pipeline.SweepPlan, key: pipeline.RunKey, retries: int = 3,
-              backoff_s: float = 1.0) -> dict:
+def tr111_run(ctx: SweepContext, key: RunKey, retries: int = 3, backoff_s: float = 1.0) -> dict:
     """Compose the stage tasks; returns the recorded run row."""
+    plan = ctx.plan
     restart_task, call_tasks = _tasks(retries, backoff_s)
     started_at, t0, token = datetime.now(UTC), time.perf_counter_ns(), uuid.uuid4().hex
     restart = ingest_ms = cached = fingerprint = state = error = None
@@ -46,7 +56,7 @@ def tr111_run(plan: pipeline.SweepPlan, key: pipeline.RunKey, retries: int = 3,
     attempts: dict = {}
     problems: list[dict] = []
     try:
-        state = restart_task(quote(plan), quote(key), return_state=True)
+        state = restart_task(quote(ctx), quote(key), return_state=True)
         restart = state.result()
         t_ingest = time.perf_counter_ns()
         state = ingest(str(plan.corpus_dir), token, wait_for=[state], return_state=True)
@@ -61,7 +71,7 @@ def tr111_run(plan: pipeline.SweepPlan, key: pipeline.RunKey, retries: int = 3,
         for stage in stages:
             text = pipeline.WARMUP_PROMPT if stage == "warmup" else source
             state = call_tasks[stage](
-                quote(plan), quote(key), stage, quote(text), wait_for=[state], return_state=True)
+                quote(ctx), quote(key), stage, quote(text), wait_for=[state], return_state=True)
             out = state.result()
             calls[stage], attempts[stage] = out["call"], out["attempt"]
             if stage != "warmup":

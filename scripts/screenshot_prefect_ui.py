@@ -163,26 +163,9 @@ def run_sweeps(args, api_url: str, work: Path) -> dict:
     os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     sys.path.insert(0, str(REPO))
-    import inspect
     from contextlib import nullcontext
 
-    import tr111.flows.sweep as sweep_module
-    from tr111.tasks import artifacts
-    from tr111 import progress
-
-    wired = "publish_report_artifacts" in inspect.getsource(sweep_module)
-    state: dict = {}
-
-    def follow(event: str, data: dict) -> None:  # runs inside the sweep's flow run
-        from prefect.runtime import flow_run
-
-        if event == "start":
-            state.update(run_id=str(flow_run.id), total=data["total"], done=data["done"])
-            state["progress"] = artifacts.start_progress(data["sweep_id"], data["total"], data["done"])
-        elif event == "run" and "progress" in state:
-            state["done"] += 1
-            artifacts.advance_progress(state["progress"], state["done"], state["total"],
-                                       last=data["name"], status=data["status"])
+    import tr111.flows.sweep as sweep_module  # publishes the report, progress and regression artifacts
 
     fake = None
     if args.fake:
@@ -192,19 +175,10 @@ def run_sweeps(args, api_url: str, work: Path) -> dict:
     results = []
     with fake or nullcontext():
         for night in range(1, args.nights + 1):
-            unsubscribe = progress.subscribe(follow) if not wired else (lambda: None)
-            state.clear()
-            try:
-                result = sweep_module.tr111_sweep(
-                    matrix=str(REPO / "sweeps" / "quick.yaml"), sweep_id=f"ui-{int(time.time())}-{night}",
-                    ollama_url=fake.url if fake else None, engine="ollama" if fake else None,
-                    warehouse=str(work / "wh.duckdb"), out=str(work / "reports"))
-            finally:
-                unsubscribe()
-            if not wired:
-                result["published"] = artifacts.publish_report_artifacts(result["report"],
-                                                                          flow_run_id=state["run_id"])
-                result["flow_run_id"] = state["run_id"]
+            result = sweep_module.tr111_sweep(
+                matrix="quick", sweep_id=f"ui-{int(time.time())}-{night}",
+                ollama_url=fake.url if fake else None, engine="ollama" if fake else None,
+                warehouse=str(work / "wh.duckdb"), out=str(work / "reports"))
             results.append(result)
     return results[-1]
 

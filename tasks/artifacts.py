@@ -9,18 +9,21 @@ Sweep flow wiring (flows/sweep.py)::
 
     progress_id = artifacts.start_progress(sweep_id, total, done)     # at sweep start
     artifacts.advance_progress(progress_id, done, total, last=key.name, status=row["status"])  # per run
-    published = artifacts.publish_report_artifacts(report_path)       # after tr111_report(publish=False)
+    outcome = tr111_report(..., publish=False)                        # a ReportOutcome
+    published = artifacts.publish_report_artifacts(outcome.summary, outcome.path)
     published["regressions"]  # the flagged config ids
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
 from uuid import UUID
+
+from tr111.report import formatting
+from tr111.report.summary import SweepSummary
 
 LOG = logging.getLogger("tr111.artifacts")
 KEYS = {"report": "tr111-report", "aggregate": "tr111-aggregate", "regressions": "tr111-regressions",
@@ -86,74 +89,57 @@ def _artifact_markdown(report: str, folder: Path) -> str:
     return text
 
 
-def aggregate_table(summary: dict) -> list[dict]:
+def aggregate_table(summary: SweepSummary) -> list[dict]:
     """Rows of the table artifact (numbers as in the report's aggregate table)."""
     def r(value, digits=2):
         return None if value is None else round(value, digits)
 
-    rows = []
-    for a in summary["aggregate"]:
-        t, w, c = a["throughput_tps"], a["warm_ttft_ms"], a["cold_ttft_ms"]
-        rows.append({
-            "config": a["config_id"], "calls": a["calls"], "runs": a["runs"],
-            "throughput_tok_s": r(t["mean"]), "throughput_ci95": _ci(t), "throughput_cv_pct": r(t["cv_pct"]),
-            "warm_ttft_ms": r(w["mean"]), "warm_ttft_ci95": _ci(w), "warm_ttft_p50": r(w["p50"]),
-            "warm_ttft_p95": r(w["p95"]), "cold_ttft_ms": r(c["mean"]), "total_tokens": a["total_tokens"],
-            "quality": r(a["quality_overall"], 3),
-        })
-    return rows
+    def ci(d):
+        text = formatting.ci(d)
+        return None if text == formatting.NA else text
+
+    return [{"config": a.config_id, "calls": a.calls, "runs": a.runs,
+             "throughput_tok_s": r(a.throughput_tps.mean), "throughput_ci95": ci(a.throughput_tps),
+             "throughput_cv_pct": r(a.throughput_tps.cv_pct), "warm_ttft_ms": r(a.warm_ttft_ms.mean),
+             "warm_ttft_ci95": ci(a.warm_ttft_ms), "warm_ttft_p50": r(a.warm_ttft_ms.p50),
+             "warm_ttft_p95": r(a.warm_ttft_ms.p95), "cold_ttft_ms": r(a.cold_ttft_ms.mean),
+             "total_tokens": a.total_tokens, "quality": r(a.quality_overall, 3)}
+            for a in summary.aggregate]
 
 
-def _ci(d: dict) -> str | None:
-    if d["ci95_low"] is None:
-        return None
-    return f"[{d['ci95_low']:,.2f}, {d['ci95_high']:,.2f}]"
-
-
-def regressions_markdown(summary: dict) -> str:
-    reg = summary["regressions"]
-    sweep_id = summary["sweep_id"]
-    if not reg.get("previous"):
-        return (f"# Regression check: `{sweep_id}`\n\nNo earlier completed sweep of the same matrix and "
-                "model: nothing to compare with.\n")
-    flagged = reg["flagged"]
-    lines = [f"# Regression check: `{sweep_id}` vs `{reg['previous']}`", "",
+def regressions_markdown(summary: SweepSummary) -> str:
+    """The regression check for the UI: the verdict, then the report's own table."""
+    reg = summary.regressions
+    if not reg.previous:
+        return (f"# Regression check: `{summary.sweep_id}`\n\nNo earlier completed sweep of the same matrix "
+                "and model: nothing to compare with.\n")
+    flagged = reg.flagged
+    lines = [f"# Regression check: `{summary.sweep_id}` vs `{reg.previous}`", "",
              (f"**{len(flagged)} config(s) regressed:** " + ", ".join(f"`{c}`" for c in flagged))
              if flagged else "**No regression.**", "",
-             f"A regression is a change that is significant (Welch, p < 0.05) and worse than "
-             f"{reg['threshold_pct']:g}% (throughput lower or warm TTFT higher).", "",
-             "| Config | Throughput Δ% | p | Warm TTFT Δ% | p | Verdict |", "|---|---|---|---|---|---|"]
-
-    def pct(v):
-        return "n/a" if v is None else f"{v:+.2f}"
-
-    def p(v):
-        return "n/a" if v is None else ("< 0.0001" if v < 0.0001 else f"{v:.4f}")
-
-    for row in reg["rows"]:
-        lines.append(f"| `{row['config_id']}` | {pct(row['tps_change_pct'])} | {p(row['tps_p_value'])} | "
-                     f"{pct(row['warm_change_pct'])} | {p(row['warm_p_value'])} | "
-                     f"{'**REGRESSION**' if row['regression'] else 'ok'} |")
+             f"A regression is a change that is significant (Welch, p < {reg.alpha:g}) and worse than "
+             f"{formatting.number(reg.threshold_pct, 1)}% (throughput lower or warm TTFT higher).", "",
+             formatting.regression_table(reg)]
     return "\n".join(lines) + "\n"
 
 
-def publish_report_artifacts(report_path: str | Path, *, flow_run_id: UUID | str | None = None,
-                             keyed: bool = True) -> dict[str, Any]:
+def publish_report_artifacts(summary: SweepSummary, report_path: str | Path, *,
+                             flow_run_id: UUID | str | None = None, keyed: bool = True) -> dict[str, Any]:
     """Markdown (the report), table (aggregate) and markdown (regressions) artifacts of a rendered report.
 
-    Reads ``technical_report.md`` and ``summary.json`` beside it. Returns
+    ``summary`` is the one the report was rendered from (ReportOutcome.summary);
+    ``report_path`` is read only for the report's markdown body. Returns
     ``{"sweep_id", "regressions": [flagged config ids], "previous", "artifacts": {name: id}}``;
-    the regression list is read from the files even when publishing fails.
+    the regression list comes back even when publishing fails.
     """
     path = Path(report_path)
-    summary = json.loads((path.parent / "summary.json").read_text(encoding="utf-8"))
-    out: dict[str, Any] = {"sweep_id": summary["sweep_id"], "regressions": summary["regressions"]["flagged"],
-                           "previous": summary["regressions"]["previous"], "artifacts": {}}
+    sweep_id = summary.sweep_id
+    out: dict[str, Any] = {"sweep_id": sweep_id, "regressions": summary.regressions.flagged,
+                           "previous": summary.regressions.previous, "artifacts": {}}
 
     def key(name: str) -> str | None:
         return KEYS[name] if keyed else None
 
-    sweep_id = summary["sweep_id"]
     out["artifacts"]["report"] = _quiet(_create)(
         "markdown", key=key("report"), flow_run_id=flow_run_id,
         description=f"Technical report of sweep {sweep_id} ({path})",

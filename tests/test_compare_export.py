@@ -64,7 +64,8 @@ def test_export_writes_calls_runs_scores_and_summary(warehouse, tmp_path, fmt):
     assert main(["export", "--sweep", "n2", "--format", fmt, "--out", str(out),
                  "--warehouse", str(warehouse)]) == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {f"{n}.{fmt}" for n in ("llm_calls", "runs", "quality_scores", "config_summary")}
+    assert names == {f"{n}.{fmt}" for n in ("llm_calls", "runs", "quality_scores", "config_summary")} | {
+        "summary.json"}
     con = duckdb.connect()
     reader = {"csv": "read_csv_auto", "json": "read_json_auto", "parquet": "read_parquet"}[fmt]
 

@@ -1,4 +1,10 @@
-"""ANOVA, sensitivity and Welch comparisons on fixtures with planted effects."""
+"""Oracle sanity and product agreement on fixtures with planted effects.
+
+The oracles (oracles.effects: statsmodels ANOVA, scipy Welch) must find what
+was planted, or the product-vs-oracle checks would compare against nonsense;
+each design is then also run through the product (tr111.stats.inference),
+which must agree term by term.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from oracles.effects import anova, cell_means, hedges_g, observations, sensitivity, welch_compare
+from oracles.agree import assert_anova_agrees, assert_welch_agrees, product_anova
+from oracles.effects import PARAMS, anova, cell_means, hedges_g, observations, sensitivity, welch_compare
+from tr111.stats.inference import welch
 
 GPUS, CTXS, TEMPS, RUNS = (60, 80, 120), (256, 512, 1024), (0.6, 0.8), (1, 2, 3)
 
@@ -54,6 +62,7 @@ def test_anova_finds_planted_main_effect_and_not_the_null_one():
     assert {r.term for r in result.interactions} == {
         "num_gpu:num_ctx", "num_gpu:temperature", "num_ctx:temperature", "num_gpu:num_ctx:temperature"}
     assert result.df_resid == 36
+    assert_anova_agrees(product_anova(_design(gpu_effect), "throughput_tps", PARAMS), result)
 
 
 def test_anova_finds_planted_interaction():
@@ -66,6 +75,7 @@ def test_anova_finds_planted_interaction():
     assert not result.row("num_gpu:temperature").significant
     assert not result.row("num_gpu:num_ctx:temperature").significant
     assert "num_gpu:num_ctx" in result.significant_terms
+    assert_anova_agrees(product_anova(_design(crossing), "throughput_tps", PARAMS), result)
     table = cell_means(_design(crossing), "throughput_tps", "num_gpu", "num_ctx")
     assert table.loc[120, 1024] - table.loc[60, 1024] == pytest.approx(16.0, abs=2.0)
 
@@ -89,6 +99,7 @@ def test_anova_falls_back_when_design_is_incomplete():
     result = anova(df, "throughput_tps")
     assert result.order == 2 and result.row("num_gpu:num_ctx:temperature") is None
     assert "fell back" in result.note and result.df_resid > 0
+    assert_anova_agrees(product_anova(df, "throughput_tps", PARAMS), result)
 
 
 def test_anova_drops_single_level_params():
@@ -98,6 +109,7 @@ def test_anova_drops_single_level_params():
     assert result.params == ("num_gpu", "num_ctx") and result.dropped_params == ("temperature",)
     assert result.row("temperature") is None and result.row("num_gpu").significant
     assert "temperature" in result.note
+    assert_anova_agrees(product_anova(df, "throughput_tps", PARAMS), result)
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -110,6 +122,8 @@ def test_anova_degenerate_input_returns_note(mutate, expected):
     result = anova(mutate(_design(gpu_effect)), "ttft_ms")
     assert not result.tested and result.rows == ()
     assert expected in result.note
+    got = product_anova(mutate(_design(gpu_effect)), "ttft_ms", PARAMS)
+    assert not got.tested and got.terms == () and "no test possible" in got.note
 
 
 def test_anova_confounded_params_returns_note():
@@ -118,6 +132,8 @@ def test_anova_confounded_params_returns_note():
                        "temperature": [0.6] * 4, "throughput_tps": [1.0, 1.1, 2.0, 2.1]})
     result = anova(df, "throughput_tps")
     assert not result.tested and "rank-deficient" in result.note
+    got = product_anova(df, "throughput_tps", PARAMS)
+    assert not got.tested and "rank-deficient" in got.note
 
 
 def test_sensitivity_excludes_baseline_and_reports_deltas():
@@ -159,6 +175,7 @@ def test_welch_matches_scipy():
     # Welch–Satterthwaite df by hand
     va, vb = np.var(a, ddof=1) / 4, np.var(b, ddof=1) / 3
     assert result.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2))
+    assert_welch_agrees(welch(a, b), result)
 
 
 def test_hedges_g_sign_and_magnitude():
@@ -170,6 +187,8 @@ def test_hedges_g_sign_and_magnitude():
     assert g == pytest.approx(1.0 / sd * (1 - 3 / (4 * 400 - 9)), rel=1e-9)
     assert welch_compare(base, shifted).hedges_g == pytest.approx(-g)
     assert hedges_g([1.0], [2.0, 3.0]) is None
+    assert welch(shifted, base).hedges_g == pytest.approx(g, rel=1e-12)
+    assert welch(base[:7], shifted[:150]).hedges_g == pytest.approx(hedges_g(base[:7], shifted[:150]), rel=1e-12)
 
 
 def test_welch_degenerate_inputs():
@@ -178,6 +197,8 @@ def test_welch_degenerate_inputs():
     constant = welch_compare([5.0, 5.0], [5.0, 5.0, None])
     assert constant.p_value is None and "constant" in constant.note and constant.n_b == 2
     assert welch_compare([], []).mean_a is None
+    for a, b in (([1.0], [2.0, 3.0]), ([5.0, 5.0], [5.0, 5.0, None]), ([], [])):
+        assert_welch_agrees(welch(a, b), welch_compare(a, b))
 
 
 def test_anova_exact_fit_returns_note_instead_of_nan():
@@ -185,3 +206,5 @@ def test_anova_exact_fit_returns_note_instead_of_nan():
     df = df[df["run_number"] == 1]  # mirrored noise: the gpu x ctx model reproduces every value
     result = anova(df, "throughput_tps")
     assert not result.tested and "residual variance is zero" in result.note
+    got = product_anova(df, "throughput_tps", PARAMS)
+    assert not got.tested and "residual variance is zero" in got.note

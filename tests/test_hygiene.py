@@ -113,8 +113,10 @@ def test_cache_bust_off_sends_identical_prompts_and_is_recorded(tmp_path, fake, 
 def test_whole_call_and_connect_timeouts_come_from_settings(tmp_path, fake, small_corpus, monkeypatch):
     """A server that sits on the request (slow first token) or stalls mid-stream is cut at the
     whole-call deadline, read timeout or not; the retry then succeeds."""
-    from tr111.run import stages as pipeline
+    from tr111 import progress
 
+    servers: list[dict] = []
+    unsubscribe = progress.subscribe(lambda event, data: servers.append(data) if event == "server" else None)
     monkeypatch.setenv("TR111_CALL_TIMEOUT_S", "1")
     monkeypatch.setenv("TR111_READ_TIMEOUT_S", "30")
     monkeypatch.setenv("TR111_CONNECT_TIMEOUT_S", "0.7")
@@ -124,7 +126,10 @@ def test_whole_call_and_connect_timeouts_come_from_settings(tmp_path, fake, smal
     matrix = write_matrix(tmp_path, "model: gemma3:latest\nruns: 1\nbaseline: true\n"
                                     "options: {num_predict: 6}\nrestart: never\n")
     t0 = time.monotonic()
-    assert run_sweep(fake.url, matrix, paths, sweep_id="s-deadline")["status"] == "completed"
+    try:
+        assert run_sweep(fake.url, matrix, paths, sweep_id="s-deadline")["status"] == "completed"
+    finally:
+        unsubscribe()
     assert time.monotonic() - t0 < 60
     errors = rows(paths["warehouse"], "SELECT stage, error, wall_ms FROM llm_calls WHERE status = 'error'"
                                       " ORDER BY stage")
@@ -132,8 +137,8 @@ def test_whole_call_and_connect_timeouts_come_from_settings(tmp_path, fake, smal
     for _stage, error, wall_ms in errors:
         assert "call exceeded its 1 s deadline" in error
         assert 900 <= wall_ms < 3000  # not the 6 s the server wanted, nor the 30 s read timeout
-    timeouts = [c._http.timeout for key, c in pipeline._CLIENTS.items() if key[0] == fake.url]
-    assert timeouts and all(t.connect == 0.7 and t.read == 30 for t in timeouts)
+    # the timed client the sweep context opened, as it applies its timeouts
+    assert [s["timeouts"] for s in servers] == [{"connect_s": 0.7, "read_s": 30.0, "call_s": 1.0}]
 
 
 @pytest.mark.parametrize("fault", ["slow_first:5000", "stall:5", "trickle"])

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+import numpy as np
+from scipy import stats as sps
+
 from tr111.report.quality import (
     QualityScore,
-    compare_quality,
     extract_numbers,
     find_sections,
     is_grounded,
     numeric_grounding,
-    quality_below_baseline,
     repetition_ratio,
     score_report,
     SourceNumbers,
@@ -148,19 +149,32 @@ def test_repetition_ratio_bounds():
     assert repetition_ratio("a b c " * 50) > 0.95
 
 
-def _score(overall):
-    return QualityScore(1.0, 1.0, 1.0, 0.0, 500, overall)
+def test_quality_below_baseline_uses_margin_and_welch_matches_scipy():
+    """The report's rule (sections.quality): below = mean < baseline - margin; Welch p as scipy's."""
+    from tr111.report.sections import QUALITY_MARGIN, quality
 
-
-def test_quality_below_baseline_uses_margin_and_optional_test():
-    per_config = {
-        "baseline_default": [_score(0.90), _score(0.92), _score(0.88)],
-        "similar": [_score(0.86), _score(0.87), _score(0.85)],
-        "worse": [_score(0.60), _score(0.62), _score(0.58)],
-        "noisy_worse": [_score(0.30), _score(0.95), _score(0.50)],
+    scores = {
+        "baseline_default": [0.90, 0.92, 0.88],
+        "similar": [0.86, 0.87, 0.85],
+        "worse": [0.60, 0.62, 0.58],
+        "noisy_worse": [0.30, 0.95, 0.50],
+        "one_score": [0.10],
     }
-    assert quality_below_baseline(per_config, "baseline_default") == ["noisy_worse", "worse"]
-    assert quality_below_baseline(per_config, "baseline_default", require_significance=True) == ["worse"]
-    rows = {r.config_id: r for r in compare_quality(per_config, "baseline_default")}
-    assert rows["worse"].diff == pytest.approx(-0.30)
-    assert rows["similar"].below is False and rows["worse"].n == 3
+    qstats = {cid: {"config_id": cid, "n": len(v), "overall": float(np.mean(v)),
+                    "overall_sd": float(np.std(v, ddof=1)) if len(v) > 1 else None}
+              for cid, v in scores.items()}
+    items = [{"config_id": cid, "is_baseline": cid == "baseline_default"} for cid in scores]
+    result = quality(items, qstats)
+    assert result["below"] == ["worse", "noisy_worse", "one_score"]
+    rows = {r["config_id"]: r for r in result["rows"]}
+    assert rows["worse"]["diff"] == pytest.approx(-0.30) and rows["similar"]["below"] is False
+    assert QUALITY_MARGIN == pytest.approx(0.10)
+    for cid in ("similar", "worse", "noisy_worse"):
+        ref = sps.ttest_ind(scores[cid], scores["baseline_default"], equal_var=False)
+        assert rows[cid]["test"].p_value == pytest.approx(ref.pvalue, rel=1e-10), cid
+        assert rows[cid]["test"].t == pytest.approx(ref.statistic, rel=1e-10), cid
+        v = scores[cid]
+        low, high = sps.t.interval(0.95, df=len(v) - 1, loc=np.mean(v), scale=sps.sem(v))
+        assert rows[cid]["ci"] == pytest.approx((low, high), rel=1e-12)
+    assert rows["worse"]["test"].significant and not rows["noisy_worse"]["test"].significant
+    assert rows["one_score"]["test"].p_value is None and rows["one_score"]["ci"] == (None, None)

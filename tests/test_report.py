@@ -40,7 +40,8 @@ def built(tmp_path_factory):
     # night-2 shows it 10% slower than night-1: the nightly regression to flag
     build_sweep(path, "night-1", seed=1, started_at=START, scale={SLOW: 1 / SLOW_FACTOR})
     build_sweep(path, "night-2", seed=10, started_at=START + timedelta(days=1), failed_attempt=True)
-    report, ctx = generate(path, "night-2", root / "out", "templates", threshold_pct=5.0)
+    outcome = generate(path, "night-2", root / "out", "templates", threshold_pct=5.0)
+    report, ctx = outcome.path, outcome.context
     with open_read_only(path) as con:
         calls = con.execute("""SELECT s.*, g.num_ctx AS cfg_num_ctx, g.temperature AS cfg_temperature
                                FROM stat_calls s JOIN configs g USING (sweep_id, config_id)
@@ -340,7 +341,7 @@ def test_gpu_section_with_telemetry(tmp_path):
     expected = con.execute("SELECT sum(gpu_energy_j) / sum(eval_count) FROM llm_calls"
                            " WHERE config_id = 'baseline_default'").fetchone()[0]
     con.close()
-    report, _ = generate(path, "g", tmp_path / "out", "templates")
+    report = generate(path, "g", tmp_path / "out", "templates").path
     section = report.read_text().split("## 9.", 1)[1].split("## 10.", 1)[0]
     rows = by_config(table(section, "| Configuration | GPU |"))
     r = rows["baseline_default"]
@@ -357,7 +358,7 @@ def test_model_output_is_data_never_a_template(tmp_path):
     con.execute("""UPDATE llm_calls SET response = '{{ "ab" * 3 }} {% for x in y %}| pipe'
                    WHERE stage = 'report'""")
     con.close()
-    report, _ = generate(path, "x", tmp_path / "out", "templates")
+    report = generate(path, "x", tmp_path / "out", "templates").path
     run_report = (report.parent / "baseline_default" / "reports" / "run1_attempt1.md").read_text()
     assert '{{ "ab" * 3 }} {% for x in y %}| pipe' in run_report and "ababab" not in run_report
     text = report.read_text()
@@ -395,7 +396,7 @@ def test_degenerate_sweeps_still_render_every_section(tmp_path, case):
         for table in ("llm_calls", "runs", "configs"):
             con.execute(f"DELETE FROM {table} WHERE config_id NOT IN ('baseline_default', 'ctx512_temp0p6')")
     con.close()
-    report, _ = generate(path, "d", tmp_path / "out", "templates")
+    report = generate(path, "d", tmp_path / "out", "templates").path
     text = report.read_text()
     headings = [line[3:].strip() for line in text.splitlines() if line.startswith("## ")]
     assert [h for h in headings if h in SECTIONS] == SECTIONS
@@ -409,6 +410,6 @@ def test_report_without_plots_renders_without_plot_links(tmp_path):
     """``plots=False`` (no matplotlib at all) still renders every section, with no image links."""
     path = tmp_path / "wh.duckdb"
     build_sweep(path, "np")
-    report, _ = generate(path, "np", tmp_path / "out", "templates", plots=False)
+    report = generate(path, "np", tmp_path / "out", "templates", plots=False).path
     text = report.read_text()
     assert "## 4." in text and "## 15." in text and ".png" not in text

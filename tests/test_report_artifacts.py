@@ -42,8 +42,8 @@ def test_report_flow_and_sweep_style_publication(tmp_path):
         progress = artifacts.start_progress("a2", total, 0)
         for done in range(1, total + 1):
             artifacts.advance_progress(progress, done, total, last=f"run{done}", status="ok")
-        report = tr111_report(sweep="a2", warehouse=str(path), out=str(tmp_path / "out"), publish=False)
-        published = artifacts.publish_report_artifacts(report)
+        outcome = tr111_report(sweep="a2", warehouse=str(path), out=str(tmp_path / "out"), publish=False)
+        published = artifacts.publish_report_artifacts(outcome.summary, outcome.path)
         return {"id": str(flow_run.id), "progress": progress, **published}
 
     result = sweep_like()

@@ -1,4 +1,8 @@
-"""The report's light statistics (tr111.report.numeric) against scipy, statsmodels and tr111's modules."""
+"""The product's statistics (tr111.stats) against scipy.stats, statsmodels and tests/oracles.
+
+Each formula runs on balanced, unbalanced and incomplete designs: equal and
+unequal group sizes, missing values, single observations and missing cells.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +14,22 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from oracles.effects import anova, welch_compare
+from oracles import effects as oracle
+from oracles.agree import assert_anova_agrees, assert_welch_agrees, cells
 from oracles.regression import detect_regressions
-from tr111.stats.inference import Cell, anova_cells, summary, t_ci, welch, welch_from_stats
+from tr111.stats.inference import Cell, anova_cells, hedges_g, summary, t_ci, welch, welch_from_stats
 from tr111.stats.summary import DistributionSummary
 
 
-def _cells(df: pd.DataFrame, factors: list[str], metric: str = "y") -> list[Cell]:
-    out = []
-    for levels, group in df.groupby(factors):
-        y = group[metric].to_numpy(dtype=float)
-        out.append(Cell(tuple(levels), len(y), float(y.mean()), float(((y - y.mean()) ** 2).sum())))
-    return out
-
-
-def _design(rng, *, effect: float, skip: tuple | None = None, runs=(2, 5)) -> pd.DataFrame:
+def _design(rng, *, effect: float, skip: tuple = (), runs=(2, 5), interaction: float = 0.7) -> pd.DataFrame:
+    """3x2x2 factorial with a main effect of num_ctx and a num_gpu:temperature interaction."""
     rows = []
     for g, c, t in itertools.product([60, 80, 120], [256, 1024], [0.6, 0.8]):
-        if skip and (g, c, t) == skip:
+        if (g, c, t) in skip:
             continue
         for r in range(1, rng.integers(*runs) + 1):
-            y = 100 + (effect if c == 1024 else 0) + (0.7 if (g == 80 and t == 0.8) else 0) + rng.normal(0, 1)
+            y = (100 + (effect if c == 1024 else 0) + (interaction if (g == 80 and t == 0.8) else 0)
+                 + rng.normal(0, 1))
             rows.append(dict(config_id=f"{g}_{c}_{t}", run_number=r, num_gpu=g, num_ctx=c, temperature=t, y=y))
     return pd.DataFrame(rows)
 
@@ -48,19 +47,67 @@ def test_summary_from_aggregates_equals_from_values():
     assert summary(1, 3.0, None).stddev is None and summary(0).mean is None
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_welch_matches_scipy_and_effects(seed):
+def _samples(design: str, seed: int) -> tuple[list, list]:
+    """Two samples: equal sizes, unequal sizes and spreads, or with gaps (None, NaN, inf)."""
     rng = np.random.default_rng(seed)
-    a = rng.normal(10, rng.uniform(0.2, 2), rng.integers(2, 8))
-    b = rng.normal(11, rng.uniform(0.2, 2), rng.integers(2, 8))
+    if design == "balanced":
+        n_a = n_b = int(rng.integers(2, 9))
+    else:
+        n_a, n_b = int(rng.integers(2, 5)), int(rng.integers(6, 30))
+    a = list(rng.normal(10, rng.uniform(0.2, 2), n_a))
+    b = list(rng.normal(11, rng.uniform(0.05, 4), n_b))
+    if design == "incomplete":
+        a += [None, float("nan")]
+        b.insert(1, float("inf"))
+    return a, b
+
+
+@pytest.mark.parametrize("design", ["balanced", "unbalanced", "incomplete"])
+@pytest.mark.parametrize("seed", range(5))
+def test_welch_and_hedges_g_match_scipy_and_oracle(design, seed):
+    a, b = _samples(design, seed)
     got = welch(a, b)
-    ref = welch_compare(a, b)
-    scipy_ref = sps.ttest_ind(a, b, equal_var=False)
+    assert_welch_agrees(got, oracle.welch_compare(a, b))
+    clean_a, clean_b = [v for v in a if v is not None and np.isfinite(v)], [v for v in b if np.isfinite(v)]
+    scipy_ref = sps.ttest_ind(clean_a, clean_b, equal_var=False)
     assert got.p_value == pytest.approx(scipy_ref.pvalue, rel=1e-10)
     assert got.t == pytest.approx(scipy_ref.statistic, rel=1e-10)
-    for field in ("diff", "diff_pct", "df", "hedges_g", "ci95_low", "ci95_high"):
-        assert getattr(got, field) == pytest.approx(getattr(ref, field), rel=1e-9), field
-    assert got.significant == ref.significant
+    ci = scipy_ref.confidence_interval(0.95)
+    assert (got.ci95_low, got.ci95_high) == pytest.approx((ci.low, ci.high), rel=1e-10)
+    sa, sb = DistributionSummary.from_values(a), DistributionSummary.from_values(b)
+    from_stats = welch_from_stats(sa.mean, sa.stddev, sa.n, sb.mean, sb.stddev, sb.n)
+    ref_stats = sps.ttest_ind_from_stats(sa.mean, sa.stddev, sa.n, sb.mean, sb.stddev, sb.n, equal_var=False)
+    assert from_stats.p_value == pytest.approx(ref_stats.pvalue, rel=1e-10)
+    assert from_stats.hedges_g == pytest.approx(oracle.hedges_g(clean_a, clean_b), rel=1e-10)
+    assert hedges_g(sa.mean, sa.stddev, sa.n, sb.mean, sb.stddev, sb.n) == got.hedges_g
+
+
+@pytest.mark.parametrize("a, b", [([1.0], [1.0, 2.0]), ([], [3.0, 4.0]), ([2.0, 2.0], [3.0, 3.0, None]),
+                                  ([5.0, float("nan")], [1.0, 2.0, 3.0]), ([], [])])
+def test_welch_untestable_designs_agree_with_oracle(a, b):
+    got = welch(a, b)
+    assert_welch_agrees(got, oracle.welch_compare(a, b))
+    assert got.p_value is None and got.note and not got.significant
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 50])
+@pytest.mark.parametrize("confidence", [0.90, 0.95, 0.99])
+def test_t_interval_matches_scipy(n, confidence):
+    values = list(np.random.default_rng(n).normal(100, 5, n))
+    mean, sd = np.mean(values), np.std(values, ddof=1)
+    low, high = sps.t.interval(confidence, df=n - 1, loc=mean, scale=sps.sem(values))
+    assert t_ci(mean, sd, n, confidence) == pytest.approx((low, high), rel=1e-12)
+    if confidence == 0.95:
+        for got in (DistributionSummary.from_values(values + [None, float("nan")]), summary(n, mean, sd)):
+            assert (got.ci95_low, got.ci95_high) == pytest.approx((low, high), rel=1e-12)
+
+
+def test_t_interval_of_incomplete_samples_is_none_not_nan():
+    assert t_ci(5.0, None, 1) == (None, None) and t_ci(None, None, 0) == (None, None)
+    assert t_ci(5.0, 0.0, 3) == (5.0, 5.0)
+    for values, n in (([], 0), ([4.0], 1), ([None, 4.0, float("nan")], 1)):
+        got = DistributionSummary.from_values(values)
+        assert (got.n, got.ci95_low, got.ci95_high) == (n, None, None)
 
 
 def test_welch_degenerate_inputs_are_untested_not_nan():
@@ -71,36 +118,40 @@ def test_welch_degenerate_inputs_are_untested_not_nan():
     assert welch_from_stats(None, None, 0, 1.0, 0.1, 3).p_value is None
 
 
-@pytest.mark.parametrize("case", ["balanced", "unbalanced", "incomplete", "no_effect"])
-def test_anova_from_cells_equals_statsmodels_type2(case):
-    rng = np.random.default_rng({"balanced": 1, "unbalanced": 2, "incomplete": 3, "no_effect": 4}[case])
-    runs = (3, 4) if case == "balanced" else (2, 6)
-    df = _design(rng, effect=0.0 if case == "no_effect" else 3.0,
-                 skip=(60, 256, 0.6) if case == "incomplete" else None, runs=runs)
-    factors = ["num_gpu", "num_ctx", "temperature"]
-    ref = anova(df, "y", factors)
-    got = anova_cells(_cells(df, factors), factors, "y")
-    assert got.order == ref.order and got.n_obs == ref.n_obs
-    assert got.df_resid == pytest.approx(ref.df_resid)
-    assert got.r_squared == pytest.approx(ref.r_squared, rel=1e-9)
-    assert len(got.terms) == len(ref.rows)
-    for row in ref.rows:
-        term = got.term(*row.term.split(":"))
-        assert term.df == row.df
-        assert term.sum_sq == pytest.approx(row.sum_sq, rel=1e-8, abs=1e-10)
-        assert term.f_value == pytest.approx(row.f_value, rel=1e-8, abs=1e-10)
-        assert term.p_value == pytest.approx(row.p_value, rel=1e-7, abs=1e-14)
-        assert term.partial_eta_sq == pytest.approx(row.partial_eta_sq, rel=1e-8, abs=1e-12)
-        assert term.significant == row.significant
-    if case == "balanced":
-        assert got.term("num_ctx").significant  # the planted effect
+ANOVA_CASES = {  # seed, runs per cell, skipped cells, planted effects (ctx main effect, gpu:temp interaction)
+    "balanced": (1, (3, 4), (), 3.0, 0.7),
+    "unbalanced": (2, (2, 6), (), 3.0, 0.7),
+    "incomplete": (3, (2, 6), ((60, 256, 0.6),), 3.0, 0.7),
+    "incomplete_two_cells": (5, (2, 5), ((60, 256, 0.6), (120, 1024, 0.8)), 3.0, 0.7),
+    "incomplete_corner": (6, (3, 4), ((60, 256, 0.6), (60, 256, 0.8), (60, 1024, 0.6)), 3.0, 0.7),
+    "no_effect": (4, (2, 6), (), 0.0, 0.0),
+    "interaction": (7, (3, 4), (), 0.0, 4.0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ANOVA_CASES))
+@pytest.mark.parametrize("factors", [["num_gpu", "num_ctx", "temperature"], ["num_gpu", "temperature"]])
+def test_anova_from_cells_equals_statsmodels_type2(case, factors):
+    seed, runs, skip, effect, interaction = ANOVA_CASES[case]
+    df = _design(np.random.default_rng(seed), effect=effect, skip=skip, runs=runs, interaction=interaction)
+    ref = oracle.anova(df, "y", factors)
+    got = anova_cells(cells(df, factors, "y"), factors, "y")
+    assert ref.tested
+    assert_anova_agrees(got, ref)
+    if case in ("balanced", "unbalanced") and "num_ctx" in factors:
+        assert got.term("num_ctx").significant  # the planted main effect
+    if case == "interaction":
+        assert got.term("num_gpu", "temperature").significant  # the planted interaction
+    if case.startswith("incomplete") and len(factors) == 3:
+        assert got.order < 3 and "fell back" in got.note  # a missing cell: no 3-way term
 
 
 def test_anova_degenerate_designs_say_why():
     one_level = pd.DataFrame({"num_ctx": [512] * 4, "temperature": [0.6, 0.6, 0.8, 0.8], "y": [1, 2, 3, 4.0],
                               "config_id": list("aabb"), "run_number": [1, 2, 1, 2]})
-    got = anova_cells(_cells(one_level, ["num_ctx", "temperature"]), ["num_ctx", "temperature"], "y")
+    got = anova_cells(cells(one_level, ["num_ctx", "temperature"], "y"), ["num_ctx", "temperature"], "y")
     assert got.dropped == ("num_ctx",) and got.tested
+    assert_anova_agrees(got, oracle.anova(one_level, "y", ["num_ctx", "temperature"]))
     flat = anova_cells([Cell((1,), 3, 5.0, 0.0), Cell((2,), 3, 5.0, 0.0)], ["a"], "y")
     assert not flat.tested and "zero variance" in flat.note
     saturated = anova_cells([Cell((1,), 1, 5.0, 0.0), Cell((2,), 1, 6.0, 0.0)], ["a"], "y")
@@ -108,7 +159,7 @@ def test_anova_degenerate_designs_say_why():
 
 
 def test_compare_sweeps_equals_detect_regressions(tmp_path):
-    """The report/`tr111 compare` rule is tr111.regression.detect_regressions (unit=run)."""
+    """The report/`tr111 compare` rule is oracles.regression.detect_regressions (unit=run)."""
     from datetime import timedelta
 
     from fixtures_report import POOR_CONFIG, START, build_sweep
@@ -122,14 +173,14 @@ def test_compare_sweeps_equals_detect_regressions(tmp_path):
         got = compare_sweeps(con, "a", "b", threshold_pct=5.0)
         frames = {s: con.execute("SELECT * FROM stat_calls WHERE sweep_id = ?", [s]).df() for s in "ab"}
     ref = {(c.config_id, c.metric): c for c in detect_regressions(frames["a"], frames["b"], threshold_pct=5.0)}
-    for row in got["rows"]:
+    for row in got.rows:
         for key, metric in (("tps", "throughput_tps"), ("warm", "ttft_ms")):
-            expected, change = ref[(row["config_id"], metric)], row[key]
-            assert change["change_pct"] == pytest.approx(expected.change_pct, rel=1e-9)
-            assert change["p_value"] == pytest.approx(expected.p_value, rel=1e-7)
-            assert change["regression"] == expected.regression
-            assert change["n_baseline"] == expected.n_baseline
-    assert got["flagged"] == [POOR_CONFIG]
+            expected, change = ref[(row.config_id, metric)], getattr(row, key)
+            assert change.change_pct == pytest.approx(expected.change_pct, rel=1e-9)
+            assert change.p_value == pytest.approx(expected.p_value, rel=1e-7)
+            assert change.regression == expected.regression
+            assert change.n_baseline == expected.n_baseline
+    assert got.flagged == [POOR_CONFIG]
     assert math.isclose(ref[(POOR_CONFIG, "throughput_tps")].change_pct, -10.0, abs_tol=2.0)
 
 
@@ -138,11 +189,11 @@ def test_anova_power_and_size_over_many_simulated_sweeps():
     rng = np.random.default_rng(11)
     found, false_alarms, trials = 0, 0, 200
     for _ in range(trials):
-        cells = []
+        sweep = []
         for ctx, temp in itertools.product([512, 1024], [0.6, 0.8]):
             y = 100 * (0.97 if ctx == 1024 else 1.0) + rng.normal(0, 0.8, 4)
-            cells.append(Cell((ctx, temp), 4, float(y.mean()), float(((y - y.mean()) ** 2).sum())))
-        result = anova_cells(cells, ["num_ctx", "temperature"], "y")
+            sweep.append(Cell((ctx, temp), 4, float(y.mean()), float(((y - y.mean()) ** 2).sum())))
+        result = anova_cells(sweep, ["num_ctx", "temperature"], "y")
         found += result.term("num_ctx").significant
         false_alarms += result.term("temperature").significant
     assert found == trials

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from tr111.report.recommend import ConfigSummary, recommendation_tiers, summaries_from_calls
-from tr111.stats.summary import DistributionSummary, population_summary, rank_configs, summarize_groups
+from tr111.report.recommend import ConfigSummary, recommendation_tiers
+from tr111.stats.summary import DistributionSummary, population_summary, rank_configs
 
 
 def test_summary_matches_hand_computed_values():
@@ -70,9 +69,9 @@ def test_population_summary_reports_range_and_extremes():
     assert population_summary({}).range is None
 
 
-def test_summarize_groups_and_ranking():
-    df = pd.DataFrame({"config_id": ["a", "a", "b", "b", "c"], "tps": [10.0, 12.0, 20.0, 22.0, 15.0]})
-    groups = summarize_groups(df, "tps")
+def test_ranking():
+    values = {"a": [10.0, 12.0], "b": [20.0, 22.0], "c": [15.0]}
+    groups = {cid: DistributionSummary.from_values(v) for cid, v in values.items()}
     assert groups["a"].mean == 11.0 and groups["c"].n == 1
     ranked = rank_configs(groups, attr="mean", descending=True)
     assert [r.config_id for r in ranked] == ["b", "c", "a"]
@@ -116,16 +115,13 @@ def test_lowest_resource_rejects_significantly_worse_ttft():
     assert tiers["lowest_resource"].config_id == "fast"
 
 
-def test_summaries_from_calls_uses_warm_ttft_only():
-    df = pd.DataFrame({
-        "config_id": ["a", "a", "a", "base", "base"],
-        "num_gpu": [60, 60, 60, np.nan, np.nan], "num_ctx": [256, 256, 256, np.nan, np.nan],
-        "temperature": [0.6, 0.6, 0.6, np.nan, np.nan],
-        "throughput_tps": [100.0, 101.0, 102.0, 99.0, 98.0],
-        "ttft_ms": [4000.0, 300.0, 310.0, 320.0, 330.0],
-        "is_cold": [True, False, False, False, False],
-    })
-    by_id = {s.config_id: s for s in summaries_from_calls(df)}
-    assert by_id["a"].warm_ttft.mean == pytest.approx(305.0)
-    assert by_id["a"].throughput.n == 3 and by_id["a"].num_gpu == 60
-    assert by_id["base"].is_baseline and not by_id["a"].is_baseline
+def test_tier_welch_p_is_scipy_ttest_ind_from_stats():
+    """The p in a tier's rationale is the product's one Welch, equal to scipy's from the same summaries."""
+    fast, runner = [120.0, 121.5, 119.0, 120.2], [118.0, 119.0, 118.5]
+    tiers = {t.key: t for t in recommendation_tiers([_summary("fast", fast, [300.0, 301.0]),
+                                                     _summary("runner", runner, [305.0, 306.0])])}
+    a, b = DistributionSummary.from_values(fast), DistributionSummary.from_values(runner)
+    ref = sps.ttest_ind_from_stats(a.mean, a.stddev, a.n, b.mean, b.stddev, b.n, equal_var=False)
+    assert f"p={ref.pvalue:.3g}, significant" in tiers["best_throughput"].rationale
+    tied = recommendation_tiers([_summary("x", [1.0, 1.0], []), _summary("y", [0.5, 0.5], [])])
+    assert "no test possible" in tied[0].rationale  # both constant: no variance to test against

@@ -16,8 +16,8 @@ from typing import Iterator
 import duckdb
 
 from tr111.errors import ConfigError, TransientError
+from tr111.warehouse.migrations import migrate
 
-_MIGRATED: set[str] = set()
 # New warehouse files are written in a storage format older DuckDB releases can read, so the
 # duckdb CLI (the duckdb-cli package trails the Python package: 1.5 cannot open a file in
 # DuckDB 2's default format) and other tools can read the warehouse. An existing file keeps
@@ -81,12 +81,7 @@ def connect(path: str | Path, *, timeout_s: float = 60.0) -> Iterator[duckdb.Duc
     path.parent.mkdir(parents=True, exist_ok=True)
     con = _open(path, False, timeout_s)
     try:
-        key = str(path.resolve())
-        if key not in _MIGRATED:
-            from tr111.warehouse.migrations import migrate
-
-            migrate(con)
-            _MIGRATED.add(key)
+        migrate(con)  # two tiny statements when nothing is pending: no per-process cache
         yield con
     finally:
         con.close()

@@ -1,4 +1,7 @@
-"""Parameter effects: sensitivity deltas, factorial ANOVA with interactions, Welch tests.
+"""Test oracle (statsmodels, scipy.stats, pandas): sensitivity, factorial ANOVA, Welch tests.
+
+The product computes the same from aggregates in tr111.stats.inference; the
+tests check it against this independent, library-backed version.
 
 TR111 claimed "no significant interaction" without running a test; here every
 such claim comes from a statsmodels ANOVA row with an F, a p-value and an effect
@@ -321,8 +324,6 @@ def cell_means(df: pd.DataFrame, metric: str, row_param: str, col_param: str, *,
 
 
 # --------------------------------------------------------------------------- two-sample
-
-
 
 
 def hedges_g(a: Sequence[float], b: Sequence[float]) -> float | None:

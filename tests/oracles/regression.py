@@ -1,4 +1,8 @@
-"""Nightly regression detection: candidate batch vs baseline batch, per config.
+"""Test oracle for the regression rule (scipy Welch, pandas, statsmodels multipletests).
+
+The product's rule is tr111.stats.inference.regression_verdict; this is the
+independent version the tests compare it with, candidate batch vs baseline
+batch, per config.
 
 Test choice: Welch's t-test. The real case is n=3 runs per side, where
 Mann–Whitney cannot reach p < 0.05 at all (its smallest two-sided p for 3 vs 3

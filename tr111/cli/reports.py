@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tr111.report.summary import SweepComparison
 
 EXIT_OK, EXIT_USAGE, EXIT_REGRESSION = 0, 2, 3
 COMMANDS = ("report", "compare", "export")
@@ -34,7 +38,8 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--warehouse")
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
-    export = sub.add_parser("export", help="export a sweep's calls, runs, quality scores and summary")
+    export = sub.add_parser("export", help="export a sweep's calls, runs, quality scores and summary "
+                                           "(config_summary and the report's summary.json)")
     export.add_argument("--sweep", default="latest", help="sweep id or 'latest'")
     export.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
     export.add_argument("--out", help="folder (default: <report folder>/<sweep>/export)")
@@ -64,9 +69,9 @@ def run_report_command(args: argparse.Namespace) -> int | None:
 def _report(args, settings) -> int:
     from tr111.report.service import generate
 
-    path, _ = generate(settings.warehouse_path, args.sweep, settings.out_dir, settings.templates_dir,
+    outcome = generate(settings.warehouse_path, args.sweep, settings.out_dir, settings.templates_dir,
                        threshold_pct=settings.regression_threshold_pct)
-    print(path)
+    print(outcome.path)
     return EXIT_OK
 
 
@@ -89,50 +94,33 @@ def _compare(args, settings) -> int:
             baseline = resolve_sweep_id(con, args.baseline)
         result = history.compare_sweeps(con, baseline, candidate, threshold_pct=threshold)
     if args.json:
-        print(json.dumps(_plain(result), indent=2, default=str))
+        print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         print(format_comparison(result))
-    return EXIT_REGRESSION if result["flagged"] else EXIT_OK
+    return EXIT_REGRESSION if result.flagged else EXIT_OK
 
 
-def _plain(result: dict) -> dict:
-    rows = []
-    for r in result["rows"]:
-        row = {"config_id": r["config_id"], "regression": r["regression"], "improvement": r["improvement"]}
-        for key in ("tps", "warm"):
-            change = {k: v for k, v in r[key].items() if k != "metric"}
-            row["throughput_tps" if key == "tps" else "warm_ttft_ms"] = change
-        rows.append(row)
-    return {**{k: v for k, v in result.items() if k != "rows"}, "rows": rows}
-
-
-def format_comparison(result: dict) -> str:
+def format_comparison(result: SweepComparison) -> str:
     """The comparison as a plain-text table (one line per config) and a verdict line."""
-    def num(v, d=2):
-        return "n/a" if v is None else f"{v:,.{d}f}"
+    from tr111.report.formatting import number, pvalue, signed_pct
 
-    def pct(v):
-        return "n/a" if v is None else f"{v:+.2f}%"
+    def means(change) -> str:
+        return number(change.baseline_mean) + " -> " + number(change.candidate_mean)
 
-    def p(v):
-        return "n/a" if v is None else ("<0.0001" if v < 0.0001 else f"{v:.4f}")
-
-    head = (f"{'config':<28} {'throughput tok/s (before -> now)':>34} {'change':>9} {'p':>7}   "
-            f"{'warm TTFT ms (before -> now)':>30} {'change':>9} {'p':>7}  verdict")
-    lines = [f"baseline {result['baseline']}  ->  candidate {result['candidate']}  "
-             f"(regression: p < {result['alpha']} and worse than {result['threshold_pct']:g}%)", head,
+    head = (f"{'config':<28} {'throughput tok/s (before -> now)':>34} {'change':>9} {'p':>8}   "
+            f"{'warm TTFT ms (before -> now)':>30} {'change':>9} {'p':>8}  verdict")
+    lines = [f"baseline {result.baseline}  ->  candidate {result.candidate}  "
+             f"(regression: p < {result.alpha:g} and worse than {number(result.threshold_pct, 1)}%)", head,
              "-" * len(head)]
-    for r in result["rows"]:
-        t, w = r["tps"], r["warm"]
-        verdict = "REGRESSION" if r["regression"] else "improvement" if r["improvement"] else "ok"
-        lines.append(f"{r['config_id']:<28} {num(t['baseline_mean']) + ' -> ' + num(t['candidate_mean']):>34} "
-                     f"{pct(t['change_pct']):>9} {p(t['p_value']):>7}   "
-                     f"{num(w['baseline_mean']) + ' -> ' + num(w['candidate_mean']):>30} "
-                     f"{pct(w['change_pct']):>9} {p(w['p_value']):>7}  {verdict}")
-    for label, key in (("only in baseline", "only_baseline"), ("only in candidate", "only_candidate")):
-        if result[key]:
-            lines.append(f"{label}: {', '.join(result[key])}")
-    flagged = result["flagged"]
+    for r in result.rows:
+        t, w = r.tps, r.warm
+        verdict = "REGRESSION" if r.regression else "improvement" if r.improvement else "ok"
+        lines.append(f"{r.config_id:<28} {means(t):>34} {signed_pct(t.change_pct):>9} {pvalue(t.p_value):>8}   "
+                     f"{means(w):>30} {signed_pct(w.change_pct):>9} {pvalue(w.p_value):>8}  {verdict}")
+    for label, names in (("only in baseline", result.only_baseline), ("only in candidate", result.only_candidate)):
+        if names:
+            lines.append(f"{label}: {', '.join(names)}")
+    flagged = result.flagged
     lines.append(f"regressions: {len(flagged)}" + (f" ({', '.join(flagged)})" if flagged else ""))
     return "\n".join(lines)
 
@@ -146,7 +134,8 @@ def _export(args, settings) -> int:
     with open_read_only(settings.warehouse_path) as con:
         sweep_id = validate_id(resolve_sweep_id(con, args.sweep), "sweep id")
         folder = Path(args.out) if args.out else Path(settings.out_dir) / sweep_id / "export"
-        files = export_sweep(con, sweep_id, args.format, folder)
+        files = export_sweep(con, sweep_id, args.format, folder,
+                             threshold_pct=settings.regression_threshold_pct)
     for path in files:
         print(path)
     return EXIT_OK

@@ -7,6 +7,9 @@ boundary, onto tr111.errors.
 Timeouts (from settings): connect, read (any single wait for bytes, capped by the whole-call
 deadline), and the whole-call deadline itself, enforced while streaming by a watchdog that
 shuts the socket down, so a stall or a trickle cannot outlive it.
+
+``transport`` is the test seam: an ``httpx.MockTransport`` exercises parsing and error
+mapping without a server (no socket: only the per-line deadline check applies then).
 """
 
 from __future__ import annotations
@@ -28,18 +31,24 @@ from tr111.errors import (ModelNotFoundError, ServerUnavailableError, TerminalEr
 from tr111.ollama.metrics import NS_PER_MS, CallResult, ServerMetrics, has_metrics
 
 
-
 class OllamaClient:
     """A thin, reusable connection to one server speaking the Ollama API."""
 
     def __init__(self, base_url: str, *, connect_timeout_s: float = 5.0,
-                 read_timeout_s: float = 120.0, call_timeout_s: float = 900.0) -> None:
+                 read_timeout_s: float = 120.0, call_timeout_s: float = 900.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.call_timeout_s = call_timeout_s
         timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
                                 write=connect_timeout_s, pool=connect_timeout_s)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
         _WATCHDOG.ensure_started()  # now, not on the measured path of the first call
+
+    @property
+    def timeouts(self) -> dict[str, float | None]:
+        """Connect, read and whole-call timeouts in seconds, as this client applies them."""
+        t = self._http.timeout
+        return {"connect_s": t.connect, "read_s": t.read, "call_s": self.call_timeout_s}
 
     def close(self) -> None:
         self._http.close()
@@ -188,8 +197,9 @@ class _Watchdog:
         """Watch ``resp``'s socket until ``deadline`` (time.monotonic()); None when the
         transport exposes no socket (the per-line deadline check still applies)."""
         stream = resp.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is None:
+        get_extra = getattr(stream, "get_extra_info", None)  # absent on mock/custom transports
+        sock = get_extra("socket") if get_extra is not None else None
+        if not hasattr(sock, "shutdown"):
             return None
         self.ensure_started()
         entry = [sock, expired, True]

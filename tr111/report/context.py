@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 
 from tr111.report import analysis, history, queries, scoring, sections
+from tr111.report.summary import SweepComparison, SweepSummary, build_summary
 from tr111.warehouse.reader import sweep_row
 
 LIST_LIMIT = 200  # rows of run / failure tables listed in full; beyond, failures only
@@ -34,7 +35,7 @@ class ReportContext:
     quality: dict
     gpu: list[dict] | None
     recommendations: list
-    regressions: dict
+    regressions: SweepComparison
     trend: dict
     runs: list[dict]
     failed_calls: list[dict]
@@ -45,6 +46,7 @@ class ReportContext:
     threshold_pct: float
     warehouse_path: str | None = None
     plots: dict = field(default_factory=dict)
+    summary: SweepSummary | None = None  # built once by build_context; what every output publishes
 
     @property
     def aggregate(self) -> list[dict]:
@@ -137,6 +139,7 @@ def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str, *, threshold_pc
                                            "WHERE name = current_database()"))
     ctx.findings = findings(ctx)
     ctx.limitations = limitations(ctx)
+    ctx.summary = build_summary(ctx)
     return ctx
 
 
@@ -210,6 +213,6 @@ def limitations(ctx: ReportContext) -> list[str]:
             out.append(f"ANOVA of {result['metric']['name']}: {result['note']}.")
     if ctx.gpu is None:
         out.append("No GPU telemetry was recorded: memory, utilisation, power and energy are not reported.")
-    if not ctx.regressions.get("previous"):
+    if not ctx.regressions.previous:
         out.append("No earlier completed sweep of the same matrix and model: no regression check.")
     return out

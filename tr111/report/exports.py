@@ -1,7 +1,8 @@
 """``tr111 export``: a sweep's calls, runs, quality scores and per-config summary as files.
 
 DuckDB writes every format (COPY ... TO, FORMAT CSV / JSON / PARQUET), streaming
-from the tr111.warehouse; the summary comes from the same queries as the report.
+from the tr111.warehouse; config_summary and summary.json come from the report's
+own context and SweepSummary, so they hold the report's numbers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import duckdb
 
 from tr111.report import queries
+from tr111.report.context import ReportContext, build_context
 from tr111.report.render import _sql_path
 
 FORMATS = {"csv": "(FORMAT CSV, HEADER true)", "json": "(FORMAT JSON, ARRAY true)",
@@ -28,25 +30,19 @@ SUMMARY_COLUMNS = (
 )
 
 
-def summary_rows(con: duckdb.DuckDBPyConnection, sweep_id: str) -> list[dict]:
+def summary_rows(ctx: ReportContext) -> list[dict]:
     """One row per config: call-level distributions and run-level means, as in the report."""
-    configs = queries.configs(con, sweep_id, [])
-    calls = queries.call_stats(con, sweep_id)
-    runs = queries.run_stats(con, sweep_id)
-    quality = queries.quality_stats(con, sweep_id) if queries.has_table(con, "quality_scores") else {}
+    quality = {q["config_id"]: q for q in ctx.quality["rows"]}
     out = []
-    for c in configs:
-        stats, run, q = calls.get(c["config_id"], {}), runs.get(c["config_id"], {}), quality.get(c["config_id"], {})
-        row = {"config_id": c["config_id"], "is_baseline": c["is_baseline"], "options_json": c["options_json"],
-               "runs": stats.get("runs", 0), "calls": stats.get("calls", 0),
-               "total_tokens": stats.get("total_tokens")}
+    for e in ctx.entries:
+        q = quality.get(e["config_id"], {})
+        row = {k: e[k] for k in ("config_id", "is_baseline", "options_json", "runs", "calls", "total_tokens")}
         for name, key in (("tps", "tps"), ("ttft_warm", "ttft_warm"), ("ttft_cold", "ttft_cold"),
                           ("ttft_all", "ttft")):
-            summary = stats.get(key)
             for field in ("n", "mean", "stddev", "cv_pct", "ci95_low", "ci95_high", "p50", "p95", "min", "max"):
-                row[f"{name}_{field}"] = getattr(summary, field) if summary is not None else None
-        for prefix, key in (("run_tps", "tps"), ("run_warm_ttft", "warm")):
-            part = run.get(key) or {}
+                row[f"{name}_{field}"] = getattr(e[key], field)
+        for prefix, key in (("run_tps", "run_tps"), ("run_warm_ttft", "run_warm")):
+            part = e[key] or {}
             row.update({f"{prefix}_n": part.get("n"), f"{prefix}_mean": part.get("mean"),
                         f"{prefix}_sd": part.get("sd")})
         row.update(quality_n=q.get("n"), quality_overall=q.get("overall"))
@@ -54,8 +50,10 @@ def summary_rows(con: duckdb.DuckDBPyConnection, sweep_id: str) -> list[dict]:
     return out
 
 
-def export_sweep(con: duckdb.DuckDBPyConnection, sweep_id: str, fmt: str, folder: Path) -> list[Path]:
-    """Write llm_calls, runs, quality_scores (when present) and config_summary; returns the files."""
+def export_sweep(con: duckdb.DuckDBPyConnection, sweep_id: str, fmt: str, folder: Path, *,
+                 threshold_pct: float | None = None) -> list[Path]:
+    """Write llm_calls, runs, quality_scores (when present), config_summary and summary.json
+    (the report's SweepSummary); returns the files."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,7 +71,8 @@ def export_sweep(con: duckdb.DuckDBPyConnection, sweep_id: str, fmt: str, folder
     if queries.has_table(con, "quality_scores"):
         copy("quality_scores", "SELECT * FROM quality_scores WHERE sweep_id = ? "
                                "ORDER BY config_id, run_number, attempt", [sweep_id])
-    rows = summary_rows(con, sweep_id)
+    ctx = build_context(con, sweep_id, threshold_pct=threshold_pct)
+    rows = summary_rows(ctx)
     names = [n for n, _ in SUMMARY_COLUMNS]
     con.execute("CREATE OR REPLACE TEMP TABLE _export_summary ("
                 + ", ".join(f"{n} {t}" for n, t in SUMMARY_COLUMNS) + ")")
@@ -82,4 +81,7 @@ def export_sweep(con: duckdb.DuckDBPyConnection, sweep_id: str, fmt: str, folder
                         [[r[n] for n in names] for r in rows])
     copy("config_summary", "SELECT * FROM _export_summary", [])
     con.execute("DROP TABLE _export_summary")
+    target = folder / "summary.json"
+    target.write_text(ctx.summary.to_json(), encoding="utf-8")
+    written.append(target)
     return written

@@ -1,22 +1,23 @@
 """Sweep against sweep: nightly regressions (``tr111 compare`` and the report's section) and trends.
 
-Same rule as tr111.regression.detect_regressions with unit="run": per config
-and metric, Welch's t-test of the candidate's run means against the
-baseline's; a change is a regression when it is significant (p < alpha) and
-worse than ``threshold_pct`` (throughput lower, warm TTFT higher). Computed
-from per-config run-level sufficient statistics so a million-row tr111.warehouse
-never reaches Python row by row; tests check it against detect_regressions.
+Per config and metric, Welch's t-test of the candidate's run means against the
+baseline's; the verdict is tr111.stats.inference.regression_verdict (significant,
+p < alpha, and worse than ``threshold_pct``: throughput lower, warm TTFT higher).
+Computed from per-config run-level sufficient statistics so a million-row warehouse
+never reaches Python row by row; tests check it against the statsmodels/scipy
+oracle tests/oracles/regression.py.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import duckdb
 
 from tr111.report import queries
 from tr111.report.analysis import METRICS
-from tr111.stats.inference import ALPHA, welch_from_stats
+from tr111.report.summary import ConfigChange, MetricChange, SweepComparison
+from tr111.stats.inference import ALPHA, regression_verdict, welch_from_stats
 
 
 def _change(metric: dict, base: dict | None, cand: dict | None, threshold_pct: float, alpha: float) -> dict:
@@ -24,47 +25,39 @@ def _change(metric: dict, base: dict | None, cand: dict | None, threshold_pct: f
     cand = cand or {"n": 0, "mean": None, "sd": None}
     w = welch_from_stats(cand["mean"], cand["sd"], cand["n"], base["mean"], base["sd"], base["n"],
                          alpha=alpha)
-    worse = better = False
-    if w.diff_pct is not None:
-        signed = w.diff_pct if metric["higher_is_better"] else -w.diff_pct
-        worse, better = signed < -threshold_pct, signed > threshold_pct
-    significant = w.p_value is not None and w.p_value < alpha
+    verdict = regression_verdict(w, higher_is_better=metric["higher_is_better"],
+                                 threshold_pct=threshold_pct, alpha=alpha)
     return {"metric": metric, "baseline_mean": w.mean_b, "candidate_mean": w.mean_a,
             "change": w.diff, "change_pct": w.diff_pct, "p_value": w.p_value, "t": w.t, "df": w.df,
-            "hedges_g": w.hedges_g, "significant": significant, "regression": significant and worse,
-            "improvement": significant and better, "n_baseline": w.n_b, "n_candidate": w.n_a,
+            "hedges_g": w.hedges_g, "significant": verdict.significant, "regression": verdict.regression,
+            "improvement": verdict.improvement, "n_baseline": w.n_b, "n_candidate": w.n_a,
             "note": w.note}
 
 
 def compare_sweeps(con: duckdb.DuckDBPyConnection, baseline_id: str, candidate_id: str, *,
-                   threshold_pct: float, alpha: float = ALPHA) -> dict[str, Any]:
+                   threshold_pct: float, alpha: float = ALPHA) -> SweepComparison:
     """Per config present in both sweeps: the change of throughput and warm TTFT, and the verdict."""
     base, cand = queries.run_stats(con, baseline_id), queries.run_stats(con, candidate_id)
-    common = sorted(set(base) & set(cand))
     rows = []
-    for config_id in common:
-        changes = {m["key"]: _change(m, base[config_id].get(m["key"]), cand[config_id].get(m["key"]),
-                                     threshold_pct, alpha) for m in METRICS}
-        rows.append({"config_id": config_id, **changes,
-                     "regression": any(c["regression"] for c in changes.values()),
-                     "improvement": any(c["improvement"] for c in changes.values())})
-    flagged = [r["config_id"] for r in rows if r["regression"]]
-    return {"baseline": baseline_id, "candidate": candidate_id, "threshold_pct": threshold_pct,
-            "alpha": alpha, "rows": rows, "flagged": flagged,
-            "improved": [r["config_id"] for r in rows if r["improvement"]],
-            "only_baseline": sorted(set(base) - set(cand)), "only_candidate": sorted(set(cand) - set(base))}
+    for config_id in sorted(set(base) & set(cand)):
+        changes = {m["key"]: MetricChange.from_change(config_id, m["key"], _change(
+            m, base[config_id].get(m["key"]), cand[config_id].get(m["key"]), threshold_pct, alpha))
+            for m in METRICS}
+        rows.append(ConfigChange(config_id=config_id, **changes))
+    return SweepComparison(baseline=baseline_id, candidate=candidate_id, threshold_pct=threshold_pct,
+                           alpha=alpha, rows=tuple(rows), only_baseline=tuple(sorted(set(base) - set(cand))),
+                           only_candidate=tuple(sorted(set(cand) - set(base))))
 
 
-def regression_section(con: duckdb.DuckDBPyConnection, sweep: dict, threshold_pct: float) -> dict:
+def regression_section(con: duckdb.DuckDBPyConnection, sweep: dict, threshold_pct: float) -> SweepComparison:
     """The report's comparison with the previous completed sweep of the same matrix and model."""
     previous = queries.previous_sweep(con, sweep)
     if previous is None:
-        return {"previous": None, "threshold_pct": threshold_pct, "flagged": [], "rows": []}
+        return SweepComparison(baseline=None, candidate=sweep["sweep_id"], threshold_pct=threshold_pct,
+                               alpha=ALPHA)
     result = compare_sweeps(con, previous, sweep["sweep_id"], threshold_pct=threshold_pct)
-    result["previous"] = previous
-    result["previous_started_at"] = queries.scalar(
-        con, "SELECT started_at FROM sweeps WHERE sweep_id = ?", [previous])
-    return result
+    return replace(result, baseline_started_at=queries.scalar(
+        con, "SELECT started_at FROM sweeps WHERE sweep_id = ?", [previous]))
 
 
 def trend_section(con: duckdb.DuckDBPyConnection, sweep: dict, limit: int = 14) -> dict:

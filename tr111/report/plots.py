@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tr111.report.formatting import level
+
 DPI = 100
 BASE_COLOR, OTHER_COLOR, COLD_COLOR = "#d62728", "#1f77b4", "#ff7f0e"
 
@@ -105,7 +107,7 @@ def sensitivity(item: dict, path: Path) -> str | None:
         errs = [_err(r[key]) for r in rows]
         ax.errorbar(x, [r[key].mean for r in rows], yerr=[[a for a, _ in errs], [b for _, b in errs]],
                     marker="o", capsize=4, color=OTHER_COLOR)
-        ax.set_xticks(x, [_level(r["level"]) for r in rows])
+        ax.set_xticks(x, [level(r["level"]) for r in rows])
         ax.set_xlabel(item["parameter"])
         ax.set_ylabel(f"mean of run means, {label}")
         term = item["effects"][key]["term"]
@@ -138,10 +140,6 @@ def trend(trend_data: dict, path: Path) -> str | None:
         fig.legend(handles, labels, fontsize=6, loc="center right", frameon=False)
     axes[0][0].set_title("Nightly trend per config (sweeps of the same matrix and model)")
     return _save(fig, path, left=0.08, right=0.76, top=0.95, bottom=0.12, hspace=0.45)
-
-
-def _level(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _short(sweep_id: str) -> str:

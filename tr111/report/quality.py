@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Mapping, Sequence
+from typing import Sequence
 
 DEFAULT_REQUIRED_SECTIONS = (
     "Executive Summary", "Methodology", "Results", "Analysis", "Recommendations", "Conclusion",
@@ -295,61 +295,3 @@ def score_report(
         repetition=repetition, length_words=words, overall=round(overall, 6), notes=tuple(notes),
         missing_sections=tuple(missing), ungrounded_numbers=tuple(ungrounded),
     )
-
-
-# --------------------------------------------------------------------------- per-config comparison
-
-
-@dataclass(frozen=True)
-class QualityComparison:
-    config_id: str
-    mean_overall: float | None
-    baseline_mean: float | None
-    diff: float | None  # config - baseline
-    p_value: float | None  # Welch, None when either side has < 2 scores
-    below: bool
-    n: int
-
-
-def compare_quality(
-    per_config: Mapping[str, Sequence[QualityScore]],
-    baseline_id: str,
-    *,
-    margin: float = 0.1,
-    require_significance: bool = False,
-    alpha: float = 0.05,
-) -> list[QualityComparison]:
-    """Each non-baseline config's mean overall vs the baseline's (sorted by config_id).
-
-    ``below`` when mean < baseline mean - margin, and (if ``require_significance``)
-    Welch's p < alpha as well.
-    """
-    from oracles.effects import welch_compare  # pandas/statsmodels: only when comparing
-
-    baseline_scores = [s.overall for s in per_config.get(baseline_id, ())]
-    result: list[QualityComparison] = []
-    for config_id in sorted(per_config):
-        if config_id == baseline_id:
-            continue
-        scores = [s.overall for s in per_config[config_id]]
-        comparison = welch_compare(scores, baseline_scores, alpha=alpha)
-        below = comparison.diff is not None and comparison.diff < -margin
-        if require_significance:
-            below = below and comparison.p_value is not None and comparison.p_value < alpha
-        result.append(QualityComparison(config_id, comparison.mean_a, comparison.mean_b, comparison.diff,
-                                        comparison.p_value, below, len(scores)))
-    return result
-
-
-def quality_below_baseline(
-    per_config: Mapping[str, Sequence[QualityScore]],
-    baseline_id: str,
-    *,
-    margin: float = 0.1,
-    require_significance: bool = False,
-    alpha: float = 0.05,
-) -> list[str]:
-    """Config ids whose mean overall quality is clearly below the baseline's."""
-    return [c.config_id for c in compare_quality(per_config, baseline_id, margin=margin,
-                                                 require_significance=require_significance, alpha=alpha)
-            if c.below]

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+from tr111.stats.inference import ALPHA, welch_from_stats
 from tr111.stats.summary import DistributionSummary
-
-if TYPE_CHECKING:  # pandas and scipy.stats stay out of the report's import path (memory)
-    import pandas as pd
-
-ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -52,46 +48,9 @@ def _param(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def summaries_from_calls(df: "pd.DataFrame", *, baseline_id: str | None = None) -> list[ConfigSummary]:
-    """Build ConfigSummary per config from a calls DataFrame.
-
-    Throughput uses every call; TTFT only warm calls (``is_cold`` False, all
-    calls when the column is absent).
-    """
-    import pandas as pd
-
-    result: list[ConfigSummary] = []
-    if df is None or len(df) == 0:
-        return result
-    for config_id, group in df.groupby("config_id", sort=True):
-        warm = group[~group["is_cold"].fillna(False).astype(bool)] if "is_cold" in group.columns else group
-        first = group.iloc[0]
-        params = {p: _param(first[p]) if p in group.columns else None
-                  for p in ("num_gpu", "num_ctx", "temperature")}
-        result.append(ConfigSummary(
-            config_id=str(config_id),
-            throughput=DistributionSummary.from_values(group.get("throughput_tps", pd.Series()).tolist()),
-            warm_ttft=DistributionSummary.from_values(warm.get("ttft_ms", pd.Series()).tolist()),
-            is_baseline=(str(config_id) == baseline_id if baseline_id
-                         else all(v is None for v in params.values())),
-            **params,
-        ))
-    return result
-
-
-def welch_p_from_summaries(a: DistributionSummary, b: DistributionSummary) -> float | None:
-    """Welch p-value from means/stddevs/n (scipy ttest_ind_from_stats); None if untestable."""
-    if a.n < 2 or b.n < 2 or a.stddev is None or b.stddev is None or a.mean is None or b.mean is None:
-        return None
-    if a.stddev == 0 and b.stddev == 0:
-        return None
-    # Welch-Satterthwaite, as scipy.stats.ttest_ind_from_stats(equal_var=False) computes it
-    from scipy.special import stdtr
-
-    va, vb = a.stddev ** 2 / a.n, b.stddev ** 2 / b.n
-    t = (a.mean - b.mean) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
-    return float(2.0 * stdtr(df, -abs(t)))
+def _welch_p(a: DistributionSummary, b: DistributionSummary) -> float | None:
+    """Welch p of two summaries (None when untestable), by the product's one Welch."""
+    return welch_from_stats(a.mean, a.stddev, a.n, b.mean, b.stddev, b.n).p_value
 
 
 def _resource_key(summary: Any) -> tuple:
@@ -113,7 +72,7 @@ def _versus(best: Any, runner: Any, attr: str, unit: str, fmt: str, alpha: float
     a, b = getattr(best, attr), getattr(runner, attr)
     gap = a.mean - b.mean
     pct = gap / abs(b.mean) * 100.0 if b.mean else float("nan")
-    p = welch_p_from_summaries(a, b)
+    p = _welch_p(a, b)
     verdict = ("no test possible" if p is None
                else f"p={p:.3g}, {'significant' if p < alpha else 'not significant — statistically tied'}")
     return f"vs runner-up {runner.config_id}: {gap:+{fmt}} {unit} ({pct:+.1f}%), {verdict}"
@@ -205,7 +164,7 @@ def _lowest_resource(with_tps: list, by_tps: list, by_ttft: list, tolerance_pct:
                 ttft_text = (f"warm TTFT {s.warm_ttft.mean:.1f} ms "
                              f"({ttft_gap:+.1f}% vs best, within tolerance)")
             else:
-                p = welch_p_from_summaries(s.warm_ttft, best_ttft.warm_ttft)
+                p = _welch_p(s.warm_ttft, best_ttft.warm_ttft)
                 if p is None or p < alpha:
                     continue
                 ttft_text = (f"warm TTFT {s.warm_ttft.mean:.1f} ms ({ttft_gap:+.1f}% vs best "

@@ -8,7 +8,6 @@ streamed (DuckDB COPY, cursor batches), never loaded whole.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from datetime import date, datetime
 from pathlib import Path
@@ -18,74 +17,17 @@ import duckdb
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from tr111.matrix import validate_id
+from tr111.report import formatting
 from tr111.report.context import ReportContext
 
 BATCH = 256
-
-
-def _fmt(value, digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "n/a"
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
-def _cell(value) -> str:
-    """Text for a markdown table cell: model output is data, so pipes and newlines are escaped."""
-    text = "" if value is None else str(value)
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
-
-
-def _pval(value) -> str:
-    """p-values: 4 decimals, or "< 0.0001"."""
-    if value is None:
-        return "n/a"
-    return "< 0.0001" if value < 0.0001 else f"{value:.4f}"
-
-
-def _peq(value) -> str:
-    """For prose: "= 0.0123" or "< 0.0001" (so a sentence reads "p < 0.0001")."""
-    if value is None:
-        return "n/a"
-    return "< 0.0001" if value < 0.0001 else f"= {value:.4f}"
-
-
-def _verdict(value, alpha: float = 0.05) -> str:
-    if value is None:
-        return "not tested"
-    return "significant" if value < alpha else "not significant"
-
-
-def _ci(summary, digits: int = 2) -> str:
-    low, high = getattr(summary, "ci95_low", None), getattr(summary, "ci95_high", None)
-    if low is None or high is None:
-        return "n/a"
-    return f"[{_fmt(low, digits)}, {_fmt(high, digits)}]"
-
-
-def _level(value) -> str:
-    if value is None:
-        return "default"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _signed(value, digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    return ("+" if value >= 0 else "-") + _fmt(abs(value), digits)
 
 
 def environment(templates_dir: Path) -> Environment:
     env = Environment(loader=FileSystemLoader(str(templates_dir)), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True)
-    env.filters.update(fmt=_fmt, cell=_cell, pval=_pval, peq=_peq, verdict=_verdict, ci=_ci, level=_level,
-                       signed=_signed, from_json=lambda text: json.loads(text or "{}"))
+    env.filters.update(formatting.FILTERS)
     return env
 
 
@@ -205,34 +147,6 @@ def write_raw(con: duckdb.DuckDBPyConnection, ctx: ReportContext, base: Path, fo
     cur.close()
 
 
-def summary(ctx: ReportContext) -> dict:
-    """The machine-readable gist of the report (summary.json): aggregate rows, regressions, tiers."""
-    def dist(d):
-        return {k: getattr(d, k) for k in ("n", "mean", "stddev", "cv_pct", "ci95_low", "ci95_high",
-                                            "p50", "p95")}
-
-    quality = {q["config_id"]: q["overall"] for q in ctx.quality["rows"]}
-    reg = ctx.regressions
-    return {
-        "sweep_id": ctx.sweep["sweep_id"], "model": ctx.sweep.get("model"), "status": ctx.sweep.get("status"),
-        "aggregate": [{"config_id": e["config_id"], "is_baseline": e["is_baseline"], "calls": e["calls"],
-                       "runs": e["runs"], "throughput_tps": dist(e["tps"]), "warm_ttft_ms": dist(e["ttft_warm"]),
-                       "cold_ttft_ms": dist(e["ttft_cold"]), "total_tokens": e["total_tokens"],
-                       "quality_overall": quality.get(e["config_id"])} for e in ctx.entries],
-        "regressions": {
-            "previous": reg.get("previous"), "threshold_pct": reg.get("threshold_pct"),
-            "flagged": reg.get("flagged", []),
-            "rows": [{"config_id": r["config_id"], "regression": r["regression"],
-                      **{f"{key}_{field}": r[key][field] for key in ("tps", "warm")
-                         for field in ("baseline_mean", "candidate_mean", "change_pct", "p_value")}}
-                     for r in reg.get("rows", [])]},
-        "quality_below_baseline": ctx.quality["below"],
-        "recommendations": [{"tier": t.name, "config_id": t.config_id, "value": t.value, "unit": t.unit}
-                            for t in ctx.recommendations],
-        "plots": ctx.plots,
-    }
-
-
 def report_folder(out_dir: Path, sweep_id: str) -> Path:
     """``<out_dir>/<sweep_id>``, created; the id is checked so it cannot escape ``out_dir``."""
     base = Path(out_dir)
@@ -261,8 +175,8 @@ def write_report(ctx: ReportContext, out_dir: Path, templates_dir: Path,
     report_path = folder / "technical_report.md"
     text = env.get_template("report/technical_report.md.j2").render(**ctx.as_dict())
     report_path.write_text(text, encoding="utf-8")
-    (folder / "summary.json").write_text(json.dumps(summary(ctx), indent=1, default=_json_default),
-                                         encoding="utf-8")
+    ctx.summary = ctx.summary.with_plots(ctx.plots)
+    (folder / "summary.json").write_text(ctx.summary.to_json(), encoding="utf-8")
     if not raw:
         return report_path
     if con is not None:

@@ -5,13 +5,24 @@ Used by ``tr111 report`` and the tr111-report flow; imports no Prefect.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tr111.report.context import ReportContext, build_context
 from tr111.report.render import report_folder, write_raw, write_report
 from tr111.report.scoring import ensure_quality_scores
+from tr111.report.summary import SweepSummary
 
 MEMORY_LIMIT = "64MB"  # DuckDB's buffer pool for the report's read-only connection
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """A rendered report: its path and the summary every other output publishes."""
+
+    path: Path
+    summary: SweepSummary
+    context: ReportContext | None = field(default=None, repr=False, compare=False)
 
 
 def resolve(warehouse: str | Path, sweep: str | None) -> str:
@@ -23,7 +34,7 @@ def resolve(warehouse: str | Path, sweep: str | None) -> str:
 
 
 def generate(warehouse: str | Path, sweep: str | None, out_dir: str | Path, templates_dir: str | Path, *,
-             threshold_pct: float | None = None, plots: bool = True) -> tuple[Path, ReportContext]:
+             threshold_pct: float | None = None, plots: bool = True) -> ReportOutcome:
     """Render ``<out_dir>/<sweep_id>/technical_report.md`` and everything beside it."""
     sweep_id = resolve(warehouse, sweep)
     _, unstored = ensure_quality_scores(warehouse, sweep_id)
@@ -38,7 +49,7 @@ def generate(warehouse: str | Path, sweep: str | None, out_dir: str | Path, temp
 
     ctx = _with_connection(warehouse, read)
     path = write_report(ctx, Path(out_dir), Path(templates_dir), plots=plots, raw=False)
-    return path, ctx
+    return ReportOutcome(path=path, summary=ctx.summary, context=ctx)
 
 
 def _with_connection(warehouse, work):

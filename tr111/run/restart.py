@@ -19,18 +19,9 @@ POLL_S = 0.05
 
 
 class Restartable(Protocol):
+    """The embedded engine's handle (tr111.engine.launcher.EmbeddedEngine)."""
+
     def restart(self) -> float: ...
-
-
-_ENGINES: dict[str, Restartable] = {}
-
-
-def register_engine(url: str, engine: Restartable | None) -> None:
-    """Make an in-process engine handle reachable by URL (the 'embedded' strategy)."""
-    if engine is None:
-        _ENGINES.pop(url.rstrip("/"), None)
-    else:
-        _ENGINES[url.rstrip("/")] = engine
 
 
 @dataclass(frozen=True)
@@ -40,21 +31,21 @@ class RestartOutcome:
     duration_ms: float
 
 
-def restart_server(strategy: str, client: OllamaClient, model: str, *,
+def restart_server(strategy: str, client: OllamaClient, model: str, *, engine: Restartable | None = None,
                    command: Sequence[str] = (), timeout_s: float = 60.0) -> RestartOutcome:
+    """Restart (or unload) and wait until ready; ``engine``: the sweep's embedded engine, if any."""
     t0 = time.perf_counter_ns()
     if strategy == "none":
         return RestartOutcome(strategy, False, 0.0)
     if strategy == "unload":
         client.unload(model)
-        _wait(lambda: client.loaded(model) is None, timeout_s, f"{model} still loaded")
+        wait_until(lambda: client.loaded(model) is None, timeout_s, f"{model} still loaded")
     elif strategy == "command":
         if not command:
             raise ConfigError("restart strategy 'command' needs restart_command (an argv list)")
         _run_command(list(command), timeout_s)
-        _wait(lambda: bool(client.version()), timeout_s, "server did not answer after restart")
+        wait_until(lambda: bool(client.version()), timeout_s, "server did not answer after restart")
     elif strategy == "embedded":
-        engine = _ENGINES.get(client.base_url)
         if engine is None:
             raise ConfigError(f"restart strategy 'embedded' but no embedded engine at {client.base_url}")
         engine.restart()
@@ -75,7 +66,7 @@ def _run_command(argv: list[str], timeout_s: float) -> None:
         raise ServerUnavailableError(f"restart command exited {proc.returncode}: {detail[0]}")
 
 
-def _wait(ready, timeout_s: float, what: str) -> None:
+def wait_until(ready, timeout_s: float, what: str) -> None:
     """Poll ``ready()`` until true; connection errors while restarting are expected."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None

@@ -13,7 +13,6 @@ from typing import Iterator
 
 from tr111.errors import ServerUnavailableError, Tr111Error
 from tr111.ollama.client import OllamaClient
-from tr111.run.restart import register_engine
 
 
 @dataclass
@@ -51,11 +50,7 @@ def open_server(engine: str, url: str, model: str, *, url_explicit: bool = False
     from tr111.engine.launcher import EmbeddedEngine
 
     with EmbeddedEngine(threads=threads) as emb:
-        register_engine(emb.url, emb)
-        try:
-            files = emb.model_files
-            path = files.get(model) or files.get(f"{model}:latest")
-            yield ServerHandle(url=emb.url, kind="embedded", version=emb.version or "",
-                               model_file=str(path) if path else None, engine=emb)
-        finally:
-            register_engine(emb.url, None)
+        files = emb.model_files
+        path = files.get(model) or files.get(f"{model}:latest")
+        yield ServerHandle(url=emb.url, kind="embedded", version=emb.version or "",
+                           model_file=str(path) if path else None, engine=emb)

@@ -1,84 +1,36 @@
 """The stages of one run, as plain functions: Prefect tasks wrap these 1:1.
 
 Stage timings are taken inside these functions with perf_counter_ns, so the
-orchestrator's own cost stays visible as ``total_ms - sum(stages)``.
+orchestrator's own cost stays visible as ``total_ms - sum(stages)``. The live
+resources (clients, sampler, engine) come from the sweep's SweepContext.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from tr111.errors import Tr111Error
-from tr111.matrix import Config
-from tr111.ollama.metrics import NS_PER_MS, CallResult
 from tr111.ollama.client import OllamaClient
+from tr111.ollama.metrics import NS_PER_MS, CallResult
+from tr111.run.coldwarm import CallTiming, classify_cold
+from tr111.run.context import SweepContext
+from tr111.run.plan import STAGES, RunKey, SweepPlan, should_restart
 from tr111.run.prompts import analysis_prompt, report_prompt, run_nonce
 from tr111.run.restart import RestartOutcome, restart_server
+from tr111.warehouse.writer import to_json
 
-STAGES = ("analysis", "report")
+__all__ = ["STAGES", "WARMUP_PROMPT", "restart_stage", "build_prompt", "call_stage", "finish_run",
+           "truncation", "classify_run_calls", "elapsed_ms"]
+
 WARMUP_PROMPT = "Warm-up request: reply with one word."
 CHARS_PER_TOKEN = 4.0  # rough English estimate, used only to spot silent truncation
 
 
-@dataclass(frozen=True)
-class SweepPlan:
-    """Everything the tasks of a sweep share; immutable and cheap to pass around."""
-
-    sweep_id: str
-    model: str
-    ollama_url: str
-    warehouse_path: Path
-    templates_dir: Path
-    corpus_dir: Path
-    restart_strategy: str
-    restart_policy: str  # per_config | per_run | never
-    restart_command: tuple[str, ...] = ()
-    restart_timeout_s: float = 60.0
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 120.0
-    call_timeout_s: float = 900.0
-    cache_bust: bool = True
-    warmup: bool = False
-    gpu_telemetry: bool = True
-
-
-@dataclass(frozen=True)
-class RunKey:
-    config: Config
-    run_number: int
-    run_attempt: int
-    first_call_attempts: dict = field(default_factory=dict)  # stage -> first attempt number
-
-    @property
-    def name(self) -> str:
-        return f"{self.config.config_id}-run{self.run_number}"
-
-
-_CLIENTS: dict[tuple, OllamaClient] = {}
-
-
-def client_for(plan: SweepPlan) -> OllamaClient:
-    """One pooled client per server and timeouts: connection reuse keeps overhead flat."""
-    key = (plan.ollama_url, plan.connect_timeout_s, plan.read_timeout_s, plan.call_timeout_s)
-    if key not in _CLIENTS:
-        _CLIENTS[key] = OllamaClient(plan.ollama_url, connect_timeout_s=plan.connect_timeout_s,
-                                     read_timeout_s=plan.read_timeout_s,
-                                     call_timeout_s=plan.call_timeout_s)
-    return _CLIENTS[key]
-
-
-def should_restart(plan: SweepPlan, run_number: int) -> bool:
-    if plan.restart_policy == "never":
-        return False
-    return plan.restart_policy == "per_run" or run_number == 1
-
-
-def restart_stage(plan: SweepPlan, key: RunKey) -> RestartOutcome:
+def restart_stage(ctx: SweepContext, key: RunKey) -> RestartOutcome:
+    plan = ctx.plan
     strategy = plan.restart_strategy if should_restart(plan, key.run_number) else "none"
-    return restart_server(strategy, client_for(plan), plan.model,
+    return restart_server(strategy, ctx.control, plan.model, engine=ctx.server.engine,
                           command=plan.restart_command, timeout_s=plan.restart_timeout_s)
 
 
@@ -91,33 +43,20 @@ def build_prompt(plan: SweepPlan, key: RunKey, stage: str, source_text: str) -> 
     return analysis_prompt(plan.templates_dir, source_text, nonce)
 
 
-_TELEMETRY: dict[bool, object] = {}
-
-
-def telemetry(enabled: bool):
-    """One GPU sampler per process; off (all gpu_* NULL, one log line) without a driver."""
-    if enabled not in _TELEMETRY:
-        from tr111.telemetry.sampler import GpuTelemetry
-
-        _TELEMETRY[enabled] = GpuTelemetry.open(0) if enabled else None
-    return _TELEMETRY[enabled]
-
-
-def call_stage(plan: SweepPlan, key: RunKey, stage: str, prompt: str, attempt: int,
+def call_stage(ctx: SweepContext, key: RunKey, stage: str, prompt: str, attempt: int,
                record_failure) -> CallResult:
     """One attempt of a streaming call; a failed attempt is handed to ``record_failure``."""
-    client = client_for(plan)
-    tel = telemetry(plan.gpu_telemetry)
+    plan, tel = ctx.plan, ctx.telemetry
     options = dict(key.config.options)
     if stage == "warmup":
         options["num_predict"] = 1
     try:
         if tel is not None and tel.enabled:
             with tel.sample_call() as sampler:
-                call = _generate(client, plan, prompt, options)
+                call = _generate(ctx.client, plan, prompt, options)
             call.gpu = sampler.stats.as_row() if sampler.stats else {}
         else:
-            call = _generate(client, plan, prompt, options)
+            call = _generate(ctx.client, plan, prompt, options)
         return call
     except Tr111Error as exc:
         partial = exc.partial if isinstance(exc.partial, CallResult) else CallResult(
@@ -134,7 +73,6 @@ def _generate(client: OllamaClient, plan: SweepPlan, prompt: str, options: dict)
 def classify_run_calls(calls: list[CallResult], *, first_after_restart: bool,
                        options_changed: bool) -> list[tuple[bool, str]]:
     """Cold/warm per call of one run, in execution order (see tr111.coldwarm for the rule)."""
-    from tr111.run.coldwarm import CallTiming, classify_cold
 
     timings = [CallTiming(load_duration_ms=c.server.load_duration_ms, ttft_ms=c.ttft_ms,
                           first_after_restart=first_after_restart and i == 0,
@@ -157,8 +95,6 @@ def truncation(call: CallResult, num_ctx: int | None, cache_bust: bool) -> tuple
 
 def call_row(plan: SweepPlan, key: RunKey, stage: str, attempt: int, call: CallResult, *,
              cold: tuple[bool, str] | None = None, num_ctx: int | None = None) -> dict:
-    from tr111.warehouse.writer import to_json
-
     row = call.as_row()
     options = row.pop("options")
     gpu = row.pop("gpu", None) or {}

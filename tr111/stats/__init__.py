@@ -1,2 +1,2 @@
 """Stage 3, statistics: one implementation of every formula the product prints
-(summary.py: DistributionSummary; inference.py: t intervals, Welch, Hedges g, ANOVA)."""
+(summary.py: DistributionSummary, t intervals; inference.py: Welch, Hedges g, ANOVA, the regression rule)."""

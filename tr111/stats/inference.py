@@ -4,9 +4,10 @@ Why not scipy.stats / statsmodels directly: importing them costs ~70 MB and
 ~150 MB of memory, and the report must stay under ~150 MB on a warehouse of a
 million calls. So DuckDB aggregates (count, avg, stddev, var_pop) and these
 functions finish the job with numpy and scipy.special (the same t and F
-distribution functions scipy.stats calls). Each function is checked in
-tests/test_report_stats.py against scipy.stats, tr111.stats, tr111.effects
-(statsmodels) and tr111.regression on the same data.
+distribution functions scipy.stats calls). This module is the product's only
+Welch, Hedges' g, ANOVA and regression rule (t intervals: summary.t_ci); the
+tests check each against scipy.stats, statsmodels and tests/oracles on
+balanced, unbalanced and incomplete designs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tr111.stats.summary import CONFIDENCE, Comparison, DistributionSummary, cv_pct
+from tr111.stats.summary import Comparison, DistributionSummary, cv_pct, t_ci, t_quantile
 
 ALPHA = 0.05
 
@@ -31,24 +32,6 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def t_quantile(df: float, q: float) -> float:
-    from scipy.special import stdtrit
-
-    return float(stdtrit(df, q))
-
-
-def t_ci(mean: float | None, stddev: float | None, n: int,
-         confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
-    """Student-t interval of a mean, as tr111.stats.mean_ci: None for n < 2, the mean for sd 0."""
-    if mean is None or stddev is None or n < 2:
-        return None, None
-    sem = stddev / math.sqrt(n)
-    if sem == 0:
-        return mean, mean
-    half = t_quantile(n - 1, (1.0 + confidence) / 2.0) * sem
-    return mean - half, mean + half
 
 
 def summary(n: Any, mean: Any = None, stddev: Any = None, p50: Any = None, p95: Any = None,
@@ -74,7 +57,7 @@ def summary(n: Any, mean: Any = None, stddev: Any = None, p50: Any = None, p95: 
 # --------------------------------------------------------------------------- Welch
 
 
-Welch = Comparison  # the same dataclass as tr111.effects.welch_compare returns
+Welch = Comparison  # the same dataclass as the oracle tests/oracles/effects.welch_compare returns
 
 
 def hedges_g(mean_a, sd_a, n_a, mean_b, sd_b, n_b) -> float | None:
@@ -131,6 +114,31 @@ def welch(a: Sequence[float], b: Sequence[float], *, alpha: float = ALPHA) -> We
     return welch_from_stats(ma, sa, na, mb, sb, nb, alpha=alpha)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What a baseline -> candidate change means: significant, and a regression or an improvement."""
+
+    significant: bool
+    regression: bool
+    improvement: bool
+
+
+def regression_verdict(comparison: Welch, *, higher_is_better: bool, threshold_pct: float,
+                       alpha: float = ALPHA) -> Verdict:
+    """The regression rule, on a Welch comparison of candidate (a) against baseline (b).
+
+    A regression is significant (p < alpha) AND worse than ``threshold_pct`` in
+    the metric's bad direction; an improvement mirrors it. The threshold keeps
+    real but irrelevant drifts (2% measured very precisely) from paging anyone.
+    """
+    significant = comparison.p_value is not None and comparison.p_value < alpha
+    if comparison.diff_pct is None:
+        return Verdict(significant, False, False)
+    better_pct = comparison.diff_pct if higher_is_better else -comparison.diff_pct
+    return Verdict(significant, significant and better_pct < -threshold_pct,
+                   significant and better_pct > threshold_pct)
+
+
 # --------------------------------------------------------------------------- ANOVA
 
 
@@ -163,7 +171,7 @@ class AnovaTerm:
 
 @dataclass(frozen=True)
 class Anova:
-    """Type II factorial ANOVA of one metric (as tr111.effects.anova); ``note`` says what was not tested."""
+    """Type II factorial ANOVA of one metric (as oracles.effects.anova); ``note`` says what was not tested."""
 
     metric: str
     n_obs: int
@@ -233,7 +241,7 @@ def anova_cells(cells: Sequence[Cell], factors: Sequence[str], metric: str, *, m
                 alpha: float = ALPHA) -> Anova:
     """Type II ANOVA of observations summarised by cells (one per combination of levels).
 
-    Same model as tr111.effects.anova (C(factor) main effects and interactions up
+    Same model as oracles.effects.anova (C(factor) main effects and interactions up
     to ``max_order``, lowered until the design has full rank and residual df > 0;
     single-level factors dropped): the model's residual sum of squares is the
     within-cell sum of squares plus the weighted misfit of the cell means, and

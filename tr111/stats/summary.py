@@ -1,8 +1,8 @@
 """Descriptive statistics with confidence intervals for benchmark metrics.
 
-Pure functions over plain values: no I/O, no DataFrames required (one helper
-accepts a DataFrame for convenience). Every summary carries ``n`` and a t-based
-95% CI so a report never shows a mean without saying how sure it is.
+Pure functions over plain values: no I/O, no DataFrames. Every summary carries
+``n`` and a t-based 95% CI so a report never shows a mean without saying how
+sure it is.
 """
 
 from __future__ import annotations
@@ -38,22 +38,25 @@ def cv_pct(mean: float | None, stddev: float | None) -> float | None:
     return abs(stddev / mean) * 100.0
 
 
-def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
-    """Student-t interval for the mean; (None, None) when n < 2.
-
-    With zero spread the interval collapses to the mean instead of NaN.
-    """
-    n = len(values)
-    if n < 2:
-        return None, None
-    mean = float(np.mean(values))
-    sem = float(np.std(values, ddof=1)) / math.sqrt(n)
-    if sem == 0:
-        return mean, mean
-    # the t quantile scipy.stats.t.interval uses, without importing scipy.stats (~70 MB)
+def t_quantile(df: float, q: float) -> float:
+    """Student-t quantile via scipy.special (what scipy.stats.t.ppf calls, without its ~70 MB import)."""
     from scipy.special import stdtrit
 
-    half = float(stdtrit(n - 1, (1.0 + confidence) / 2.0)) * sem
+    return float(stdtrit(df, q))
+
+
+def t_ci(mean: float | None, stddev: float | None, n: int,
+         confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
+    """Student-t interval of a mean from (mean, sample sd, n): the one CI formula of the product.
+
+    (None, None) when n < 2; with zero spread it collapses to the mean instead of NaN.
+    """
+    if mean is None or stddev is None or n < 2:
+        return None, None
+    sem = stddev / math.sqrt(n)
+    if sem == 0:
+        return mean, mean
+    half = t_quantile(n - 1, (1.0 + confidence) / 2.0) * sem
     return mean - half, mean + half
 
 
@@ -103,7 +106,7 @@ def _summary_fields(kept: Sequence[float]) -> dict[str, Any]:
     array = np.asarray(kept, dtype=float)
     mean = float(array.mean())
     stddev = float(array.std(ddof=1)) if n >= 2 else None
-    low, high = mean_ci(kept)
+    low, high = t_ci(mean, stddev, n)
     median = float(np.median(array))
     return dict(
         n=n,
@@ -147,16 +150,6 @@ def population_summary(config_means: Mapping[str, float | None]) -> PopulationSu
         min_config=min_config,
         max_config=max_config,
     )
-
-
-def summarize_groups(df: Any, metric: str, by: str = "config_id") -> dict[str, DistributionSummary]:
-    """One DistributionSummary per group of a DataFrame (e.g. per config), keyed by group."""
-    if df is None or len(df) == 0 or metric not in df.columns or by not in df.columns:
-        return {}
-    result: dict[str, DistributionSummary] = {}
-    for key, group in df.groupby(by, sort=True, dropna=False):
-        result[str(key)] = DistributionSummary.from_values(group[metric].tolist())
-    return result
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,121 @@
+"""The one place numbers become text: the report's filters, the artifacts and ``tr111 compare``.
+
+Every output prints a p-value, an interval or a change the same way because
+they all call these; a value that is missing or not finite prints "n/a".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+NA = "n/a"
+P_FLOOR = 0.0001  # below this a p-value prints as "< 0.0001"
+
+
+def _finite(value: Any) -> bool:
+    """A real number to print (bools are flags, not numbers)."""
+    if value is None or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except TypeError:
+        return False
+
+
+def number(value: Any, digits: int = 2) -> str:
+    """Floats with thousands separators and ``digits`` decimals; other values as they are."""
+    if value is None:
+        return NA
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}" if math.isfinite(value) else NA
+    return str(value)
+
+
+def signed(value: Any, digits: int = 2) -> str:
+    """A change with its sign always shown: "+1.23", "-0.50"."""
+    if not _finite(value):
+        return NA
+    return ("+" if value >= 0 else "-") + number(abs(value), digits)
+
+
+def signed_pct(value: Any, digits: int = 2) -> str:
+    """A relative change: "+1.23%"."""
+    text = signed(value, digits)
+    return text if text == NA else text + "%"
+
+
+def pvalue(value: Any) -> str:
+    """4 decimals, or "< 0.0001"; a value outside [0, 1] or not a number is "n/a"."""
+    if not _finite(value) or not 0 <= value <= 1 + 1e-9:  # 1e-9: rounding in 2 * sf(t)
+        return NA
+    return f"< {P_FLOOR:g}" if value < P_FLOOR else f"{value:.4f}"
+
+
+def p_prose(value: Any) -> str:
+    """For a sentence: "= 0.0123" or "< 0.0001", so it reads "p = 0.0123" / "p < 0.0001"."""
+    text = pvalue(value)
+    return text if text == NA or text.startswith("<") else "= " + text
+
+
+def verdict(value: Any, alpha: float = 0.05) -> str:
+    if not _finite(value):
+        return "not tested"
+    return "significant" if value < alpha else "not significant"
+
+
+def interval(bounds: Any, digits: int = 2) -> str:
+    """A (low, high) pair as "[a, b]"; "n/a" when either end is missing."""
+    low, high = bounds if bounds is not None else (None, None)
+    if not (_finite(low) and _finite(high)):
+        return NA
+    return f"[{number(low, digits)}, {number(high, digits)}]"
+
+
+def ci(summary: Any, digits: int = 2) -> str:
+    """The 95% CI of a DistributionSummary (or anything with ci95_low / ci95_high)."""
+    return interval((getattr(summary, "ci95_low", None), getattr(summary, "ci95_high", None)), digits)
+
+
+def level(value: Any) -> str:
+    """A parameter level; None is the server's default."""
+    if value is None:
+        return "default"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def cell(value: Any) -> str:
+    """Text for a markdown table cell: model output is data, so pipes and newlines are escaped."""
+    text = "" if value is None else str(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+
+
+def change_verdict(row: Any, threshold_pct: float, alpha: float) -> str:
+    """The verdict cell of one config in a sweep comparison."""
+    if row.regression:
+        return "**REGRESSION**"
+    if row.improvement:
+        return "improvement"
+    return f"no change beyond {number(threshold_pct, 1)}% at p < {alpha:g}"
+
+
+def regression_table(comparison: Any) -> str:
+    """The regression check as a markdown table (the report's section 11 and the artifact)."""
+    lines = ["| Configuration | Throughput before → now (tok/s) | Δ% | p | Warm TTFT before → now (ms) "
+             "| Δ% | p | Verdict |", "|---|---|---|---|---|---|---|---|"]
+    for row in comparison.rows:
+        cells = [f"`{row.config_id}`"]
+        for change in (row.tps, row.warm):
+            cells += [f"{number(change.baseline_mean)} → {number(change.candidate_mean)}",
+                      signed(change.change_pct), pvalue(change.p_value)]
+        cells.append(change_verdict(row, comparison.threshold_pct, comparison.alpha))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+FILTERS = {"fmt": number, "cell": cell, "pval": pvalue, "peq": p_prose, "verdict": verdict, "ci": ci,
+           "interval": interval, "level": level, "signed": signed, "regression_table": regression_table,
+           "from_json": lambda text: json.loads(text or "{}")}

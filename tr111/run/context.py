@@ -1,0 +1,79 @@
+"""The one object that owns a sweep's live resources, and closes them when the sweep ends.
+
+A sweep holds an HTTP client for the timed calls, a control client for the small
+endpoints (/api/version, /api/ps, /api/show), the GPU sampler and, with the embedded
+engine, its process. They used to live in module-level caches; here a ``with
+open_sweep(...)`` block owns them, tasks receive the context as an argument, and
+nothing outlives the block.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
+
+from tr111.ollama.client import OllamaClient
+from tr111.run.plan import SweepPlan, SweepRequest, restart_strategy_for
+from tr111.run.server import ServerHandle, open_server
+from tr111.settings import Settings
+
+
+class SweepContext:
+    """Plan plus live resources. ``__slots__`` on purpose: Prefect records a subflow's
+    parameters as JSON, and an object without ``__dict__`` is stored as a placeholder
+    instead of being walked field by field (clients, threads, processes)."""
+
+    __slots__ = ("plan", "server", "client", "control", "telemetry", "described")
+
+    def __init__(self, plan: SweepPlan, server: ServerHandle, client: OllamaClient,
+                 control: OllamaClient, telemetry) -> None:
+        self.plan = plan
+        self.server = server
+        self.client = client  # timed calls: the plan's connect, read and whole-call timeouts
+        self.control = control  # version, /api/ps, /api/show, restarts: connect timeout only
+        self.telemetry = telemetry  # a GpuTelemetry (maybe disabled), or None when switched off
+        self.described: set[str] = set()  # configs whose /api/show and /api/ps are recorded
+
+    @property
+    def telemetry_status(self) -> str:
+        tel = self.telemetry
+        if tel is None:
+            return "off: disabled in settings"
+        return ("on: " + tel.info.name) if tel.enabled else ("off: " + str(tel.reason_disabled))
+
+
+def _telemetry(enabled: bool):
+    """One GPU sampler per sweep; off (all gpu_* NULL, one log line) without a driver."""
+    if not enabled:
+        return None
+    from tr111.telemetry.sampler import GpuTelemetry
+
+    return GpuTelemetry.open(0)
+
+
+@contextmanager
+def open_sweep(settings: Settings, request: SweepRequest, *,
+               url_explicit: bool = False) -> Iterator[SweepContext]:
+    """Pick (or start) the server, open the clients and the sampler; close all on exit."""
+    matrix = request.matrix
+    with ExitStack() as stack:
+        server = stack.enter_context(open_server(
+            settings.engine, settings.ollama_url, matrix.model, url_explicit=url_explicit,
+            threads=settings.engine_threads, connect_timeout_s=settings.connect_timeout_s))
+        control = stack.enter_context(OllamaClient(server.url, connect_timeout_s=settings.connect_timeout_s))
+        plan = SweepPlan(
+            sweep_id=request.sweep_id, model=matrix.model, ollama_url=server.url,
+            warehouse_path=settings.warehouse_path, templates_dir=settings.templates_dir,
+            corpus_dir=settings.corpus_dir,
+            restart_strategy=restart_strategy_for(settings.restart_strategy, server.kind),
+            restart_policy=matrix.restart, restart_command=tuple(settings.restart_command),
+            restart_timeout_s=settings.restart_timeout_s, connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s, call_timeout_s=settings.call_timeout_s,
+            cache_bust=matrix.cache_bust, warmup=matrix.warmup, gpu_telemetry=settings.gpu_telemetry)
+        client = stack.enter_context(OllamaClient(
+            server.url, connect_timeout_s=plan.connect_timeout_s, read_timeout_s=plan.read_timeout_s,
+            call_timeout_s=plan.call_timeout_s))
+        telemetry = _telemetry(plan.gpu_telemetry)
+        if telemetry is not None:
+            stack.callback(telemetry.close)
+        yield SweepContext(plan, server, client, control, telemetry)

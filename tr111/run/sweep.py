@@ -1,0 +1,103 @@
+"""The sweep's bookkeeping around its runs: start (or resume), after each run, finish.
+
+The Prefect flow ``tr111-sweep`` only composes these with the run subflows; every
+decision (what is left to run, when to describe a config, when the server is gone
+for good, the final status) is made here, without Prefect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tr111 import __version__, progress
+from tr111.errors import ServerUnavailableError, SweepIncompleteError, Tr111Error
+from tr111.ingest.corpus import check_corpus
+from tr111.matrix import load_matrix
+from tr111.run import plan as planning
+from tr111.run.context import SweepContext
+from tr111.run.environment import detect_environment
+from tr111.run.plan import RunKey, SweepRequest
+from tr111.run.restart import wait_until
+from tr111.settings import Settings
+from tr111.warehouse import connect, writer
+from tr111.warehouse.reader import attempt_counters, finished_runs
+
+
+@dataclass(frozen=True)
+class SweepStart:
+    """What is left to do when a sweep starts: the runs to execute and how many are done."""
+
+    todo: list[RunKey]
+    done: int
+    total: int
+
+
+def prepare(settings: Settings, matrix: str, *, model: str | None, runs: int | None,
+            sweep_id: str | None) -> SweepRequest:
+    """Validate everything a user typed before any server is touched or a row is written."""
+    request = planning.request_for(load_matrix(matrix, model=model, runs=runs), sweep_id)
+    check_corpus(settings.corpus_dir)  # an empty corpus fails before any row or restart
+    return request
+
+
+def begin(ctx: SweepContext, request: SweepRequest) -> SweepStart:
+    """Record the sweep and its configs (refreshed on resume); the runs not yet done."""
+    plan, server = ctx.plan, ctx.server
+    timeouts = ctx.client.timeouts
+    progress.emit("server", url=server.url, kind=server.kind, version=server.version,
+                  model_file=server.model_file, timeouts=timeouts)
+    show = ctx.control.show(plan.model)  # unknown model: terminal, before any row
+    env = detect_environment()
+    env["gpu_telemetry"] = ctx.telemetry_status
+    progress.emit("telemetry", status=env["gpu_telemetry"])
+    writer.start_sweep(plan.warehouse_path, planning.sweep_row(
+        plan, request.matrix, server_version=server.version, engine=server.kind,
+        engine_model_file=server.model_file, environment=env, show=show, version=__version__),
+        [planning.config_row(plan.sweep_id, c, i) for i, c in enumerate(request.configs)])
+    with connect(plan.warehouse_path) as con:
+        done = finished_runs(con, plan.sweep_id)
+        call_attempts, run_attempts = attempt_counters(con, plan.sweep_id)
+    todo = planning.run_keys(request, done, call_attempts, run_attempts)
+    total = len(request.configs) * request.matrix.runs
+    progress.emit("start", sweep_id=plan.sweep_id, total=total, done=len(done), todo=len(todo))
+    return SweepStart(todo, len(done), total)
+
+
+def after_run(ctx: SweepContext, key: RunKey, row: dict, remaining: list[RunKey],
+              failed: list[str]) -> None:
+    """A failed run is named (and ends the sweep if the server is gone for good); the
+    first ok run of a config records what the server says about the loaded model."""
+    if row["status"] != "ok":
+        failed.append(key.name)
+        stop_if_server_gone(ctx, remaining)
+    elif key.config.config_id not in ctx.described:
+        describe(ctx, key.config.config_id)
+    progress.emit("run", name=key.name, status=row["status"], total_ms=row["total_ms"])
+
+
+def describe(ctx: SweepContext, config_id: str) -> None:
+    """/api/show and /api/ps right after a run: the context length actually in effect."""
+    try:
+        ps = ctx.control.loaded(ctx.plan.model)
+        show = ctx.control.show(ctx.plan.model)
+    except Tr111Error:
+        return
+    writer.update_config_server_info(ctx.plan.warehouse_path, ctx.plan.sweep_id, config_id,
+                                     show=planning.show_digest(show), ps=ps)
+    ctx.described.add(config_id)
+
+
+def stop_if_server_gone(ctx: SweepContext, remaining: list[RunKey]) -> None:
+    """Wait (restart timeout) for the server; if it never answers, name what is unfinished."""
+    plan = ctx.plan
+    try:
+        wait_until(lambda: bool(ctx.control.version()), plan.restart_timeout_s, "server gone")
+    except ServerUnavailableError:
+        names = [k.name for k in remaining]
+        raise SweepIncompleteError(
+            f"server at {plan.ollama_url} did not come back within {plan.restart_timeout_s:g} s;"
+            f" unfinished runs ({len(names)}): {', '.join(names) or 'none'}") from None
+
+
+def finish(ctx: SweepContext, status: str, note: str | None = None) -> None:
+    writer.finish_sweep(ctx.plan.warehouse_path, ctx.plan.sweep_id, status, note)
