@@ -43,8 +43,9 @@ def machine_line() -> str:
             f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
 
 
-def reproduce_line(script: str, argv: Sequence[str]) -> str:
-    return "reproduce: " + shlex.join(["python", script, *argv])
+def reproduce_line(module: str, argv: Sequence[str]) -> str:
+    """The command that reruns a bench script (``module``: e.g. ``bench.harness_overhead``)."""
+    return "reproduce: " + shlex.join(["python", "-m", module, *argv])
 
 
 def free_port() -> int:

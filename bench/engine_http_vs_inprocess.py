@@ -11,7 +11,7 @@ alike. Rates:
   clock), and the engine's eval_count / eval_duration definition (llama.cpp's
   t_eval plus sampler time).
 
-Usage: python bench/engine_http_vs_inprocess.py [--reps 5] [--num-predict 128] [--threads N]
+Usage: python -m bench.engine_http_vs_inprocess [--reps 5] [--num-predict 128] [--threads N]
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import httpx
 
-import httpx  # noqa: E402
-
-from tr111.engine import EmbeddedEngine  # noqa: E402
-from tr111.engine.options import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, default_thread_count  # noqa: E402
-from tr111.engine.runner import SamplerClock  # noqa: E402
+from tr111.engine import EmbeddedEngine
+from tr111.engine.options import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, default_thread_count
+from tr111.engine.runner import SamplerClock
 
 MODEL = "gemma3:270m"
 QUIET_FRACTION = 0.85
@@ -92,7 +89,8 @@ def median(values: list[float]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.engine_http_vs_inprocess", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--num-predict", type=int, default=128)
     parser.add_argument("--threads", type=int, default=default_thread_count())

@@ -1,6 +1,6 @@
 """Exercise tr111's GPU telemetry on a real NVIDIA GPU and print the figures (< 60 s).
 
-Run: ``python bench/gpu_telemetry_check.py [--seconds 2] [--device 0]``.
+Run: ``python -m bench.gpu_telemetry_check [--seconds 2] [--device 0]``.
 It samples one idle "call" and two loaded ones (torch matmuls, else cupy,
 else idle only), prints GpuInfo, each GpuCallStats, watts from the energy
 figure, the cost of one NVML read per metric and the per-call start/stop
@@ -15,12 +15,9 @@ import logging
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tr111.telemetry.sampler import GpuCallStats, GpuTelemetry, detect_gpus  # noqa: E402
+from tr111.telemetry.sampler import GpuCallStats, GpuTelemetry, detect_gpus
 
 
 def make_load(device: int) -> tuple[str, Callable[[float], int] | None]:
@@ -112,7 +109,7 @@ def call_overhead(tel: GpuTelemetry, repeats: int = 300) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_telemetry_check", description=__doc__.splitlines()[0])
     parser.add_argument("--device", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each sampled call")
     parser.add_argument("--interval-ms", type=float, default=50.0)

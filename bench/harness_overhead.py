@@ -17,7 +17,7 @@ TTFT excess = client TTFT - the server's own time to its first chunk
 (``t_first_chunk_ns - t_received_ns``); tr111's TTFT excess minus the raw control's
 (median; target <= 1 ms).
 
-    python bench/harness_overhead.py [--calls 300] [--tokens 32] [--token-ms 0.5]
+    python -m bench.harness_overhead [--calls 300] [--tokens 32] [--token-ms 0.5]
         [--prompt-words 600] [--prefect [--quiesce-ms 5]]
 """
 
@@ -28,11 +28,8 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._common import isolated_prefect_home, machine_line, median, pct, reproduce_line  # noqa: E402
+from bench._common import isolated_prefect_home, machine_line, median, pct, reproduce_line
 
 MODEL = "gemma3:latest"
 NS_PER_MS = 1_000_000
@@ -102,7 +99,7 @@ def summarise(name: str, rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.harness_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300, help="measured calls per contender")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=32)
@@ -160,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         task_s, task_control = by_name["tr111 in a Prefect task"], by_name["raw httpx in the flow"]
         print(f"inside Prefect: overhead median {task_s['overhead_med']:.3f} ms; TTFT excess - raw "
               f"control's (same flow): {task_s['excess_med'] - task_control['excess_med']:+.3f} ms")
-    print(reproduce_line("bench/harness_overhead.py", argv if argv is not None else sys.argv[1:]))
+    print(reproduce_line("bench.harness_overhead", argv if argv is not None else sys.argv[1:]))
     return 0 if ours_s["overhead_med"] <= 1.0 and vs_control <= 1.0 else 1
 
 

@@ -6,7 +6,7 @@ run once as a warm-up (hot page cache, imports), then alternate, so drift hits
 them alike; medians are reported, wall time and this process's CPU time.
 Exit status 0 when the default ingest meets the target, 1 otherwise.
 
-    python bench/ingest_bench.py [--files 10000] [--repeats 9] [--workers N] [--keep DIR]
+    python -m bench.ingest_bench [--files 10000] [--repeats 9] [--workers N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -21,12 +21,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-from generate_corpus import generate  # noqa: E402
-from tr111.ingest.corpus import _worker_count, ingest_corpus  # noqa: E402
+from scripts.generate_corpus import generate
+from tr111.ingest.corpus import _worker_count, ingest_corpus
 
 TARGET_RATIO = 1.5
 
@@ -73,7 +69,7 @@ def run(contenders: dict, root: str, repeats: int) -> tuple[dict[str, float], di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=111)
     parser.add_argument("--repeats", type=int, default=9)
@@ -112,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = walls[names[2]] / bare
     print(f"default ingest / bare walk+read (text): {ratio:.2f} (target <= {TARGET_RATIO}); "
           f"CPU ratio {cpus[names[2]] / cpus[names[0]]:.2f}")
-    print(f"reproduce: python bench/ingest_bench.py --files {args.files} --seed {args.seed} --repeats {args.repeats}"
+    print(f"reproduce: python -m bench.ingest_bench --files {args.files} --seed {args.seed} --repeats {args.repeats}"
           + (f" --workers {args.workers}" if args.workers else ""))
     return 0 if ratio <= TARGET_RATIO else 1
 

@@ -30,8 +30,8 @@ PREFECT_HOME, what users run), ``harness`` (prefect_test_harness, as the tests),
 ``ephemeral`` (what ``tr111 sweep`` starts when PREFECT_API_URL is unset), or an
 API URL.
 
-    python bench/orchestration_overhead.py [--api server|harness|ephemeral|URL]
-        [--variants before,current,no-wait,inline] [--matrix sweeps/tr111.yaml] [--runs N]
+    python -m bench.orchestration_overhead [--api server|harness|ephemeral|URL]
+        [--variants before,current,no-wait,inline] [--matrix tr111] [--runs N]
         [--num-predict 4] [--token-ms 0.05]
 """
 
@@ -45,11 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._common import (REPO_ROOT, cpu_seconds_self, fake_ollama_process,  # noqa: E402
-                           isolated_prefect_home, machine_line, median, pct, prefect_server,
-                           reproduce_line)
+from bench._common import (cpu_seconds_self, fake_ollama_process, isolated_prefect_home, machine_line,
+                           median, pct, prefect_server, reproduce_line)
+from tr111.paths import matrix_path
 
 TARGET_MS = 30.0
 
@@ -146,12 +144,13 @@ def one_sweep(variant: str, matrix: Path, url: str, folder: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.orchestration_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--api", default="server",
                         help="server (default) | harness | ephemeral | an API URL")
     parser.add_argument("--variants", default="before,current",
                         help="comma-separated: before, current, no-wait, inline (default: before,current)")
-    parser.add_argument("--matrix", type=Path, default=REPO_ROOT / "sweeps" / "tr111.yaml")
+    parser.add_argument("--matrix", type=matrix_path, default="tr111",
+                        help="matrix file or built-in name (default: tr111)")
     parser.add_argument("--runs", type=int, help="override runs per config (default: the matrix's)")
     parser.add_argument("--num-predict", type=int, default=4)
     parser.add_argument("--token-ms", type=float, default=0.05)
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"  ({r['failed']} failed runs!)" if r["failed"] else ""))
     print("(ms; inside = total_ms - sum(stage ms), target <= "
           f"{TARGET_MS:g} ms median; around = run-to-run cycle - total_ms: subflow create/teardown + record)")
-    print(reproduce_line("bench/orchestration_overhead.py", argv if argv is not None else sys.argv[1:]))
+    print(reproduce_line("bench.orchestration_overhead", argv if argv is not None else sys.argv[1:]))
     judged = [r for r in results if r["variant"] == "current"] or results
     ok = all(median(r["inside"]) <= TARGET_MS and r["failed"] == 0 for r in judged)
     return 0 if ok else 1

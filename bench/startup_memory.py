@@ -20,7 +20,7 @@ a month of nightly sweeps of the study's matrix, 3 runs per config: 5,130 calls)
 peak RSS <= 150 MB. The peak RSS of importing each heavy dependency alone is listed
 to show where the floor comes from.
 
-    python bench/startup_memory.py [--repeats 10] [--report-repeats 3] [--calls 5130]
+    python -m bench.startup_memory [--repeats 10] [--report-repeats 3] [--calls 5130]
         [--warehouse FILE]
 """
 
@@ -34,9 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._common import GNU_TIME, REPO_ROOT, machine_line, median, reproduce_line, run_child  # noqa: E402
+from bench._common import GNU_TIME, REPO_ROOT, machine_line, median, reproduce_line, run_child
 
 TARGET_HELP_S = 0.3
 TARGET_RSS_MB = 150.0
@@ -66,7 +64,7 @@ def import_profile(argv_tail: list[str]) -> tuple[bool, list[tuple[float, str]]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.startup_memory", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="runs of each --help variant")
     parser.add_argument("--report-repeats", type=int, default=3)
     parser.add_argument("--calls", type=int, default=5130, help="size of the generated warehouse")
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(median of {args.report_repeats}; target <= {TARGET_RSS_MB:g} MB)")
     print("peak RSS of importing alone (MB): "
           + ", ".join(f"{name} {r['rss_mb']:.0f}" for name, r in imports.items()))
-    print(reproduce_line("bench/startup_memory.py", argv if argv is not None else sys.argv[1:]))
+    print(reproduce_line("bench.startup_memory", argv if argv is not None else sys.argv[1:]))
     script = helps.get(f"{console_script} --help") or helps["python -m tr111.cli --help"]
     return 0 if script["wall_s"] <= TARGET_HELP_S and report["rss_mb"] <= TARGET_RSS_MB else 1
 

@@ -16,7 +16,7 @@ Timed, median of ``--repeats``:
   config_summary``, in-process on a read-only connection, plus the filtered query written
   against the base tables (what a view with the filter pushed down costs).
 
-    python bench/warehouse_scale.py [--calls 1000000] [--repeats 3] [--keep FILE] [--reuse]
+    python -m bench.warehouse_scale [--calls 1000000] [--repeats 3] [--keep FILE] [--reuse]
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._common import REPO_ROOT, machine_line, median, reproduce_line, run_child  # noqa: E402
+from bench._common import machine_line, median, reproduce_line, run_child
 
 TARGET_REPORT_S = 2.0
 MODELS = ("gemma3:latest", "gemma3:1b", "gemma3:270m", "llama3.1:8b", "qwen2.5:7b", "mistral:7b",
@@ -67,7 +65,7 @@ def build_warehouse(path: Path, *, calls: int, runs_per_config: int = 6, sweeps_
     per_sweep = len(configs) * runs_per_config * len(STAGES)
     n_sweeps = max(1, calls // per_sweep)
     extra_calls = max(0, calls - n_sweeps * per_sweep)  # failed first attempts, retried
-    matrix = json.loads(load_matrix(REPO_ROOT / "sweeps" / "tr111.yaml", runs=runs_per_config).to_json())
+    matrix = json.loads(load_matrix("tr111", runs=runs_per_config).to_json())
     t0 = time.perf_counter()
     con = duckdb.connect(str(path))
     try:
@@ -215,7 +213,7 @@ def time_queries(warehouse: Path, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.warehouse_scale", description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1_000_000)
     parser.add_argument("--runs-per-config", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
@@ -248,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
           f"peak RSS {report['rss_mb']:.0f} MB (target: wall <= {TARGET_REPORT_S:g} s)")
     for name, (ms, n) in queries.items():
         print(f"{name:48s} {ms:9.1f} ms  ({n} rows)")
-    print(reproduce_line("bench/warehouse_scale.py", argv if argv is not None else sys.argv[1:]))
+    print(reproduce_line("bench.warehouse_scale", argv if argv is not None else sys.argv[1:]))
     return 0 if report["wall_s"] <= TARGET_REPORT_S else 1
 
 

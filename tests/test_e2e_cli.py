@@ -1,4 +1,5 @@
-"""End to end through the real CLI in a subprocess: sweep, kill -9, resume, report."""
+"""End to end through the real CLI: sweep, kill -9, resume, report (``python -m tr111.cli`` in a
+subprocess: it is killed), and a refused server at start (in-process)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from faults_support import cli_env
+from faults_support import cli, cli_env, stderr_lines
 from tr111.fake_ollama.server import FakeOllama, FakeTimings
 from tr111.warehouse import open_read_only
 
@@ -117,11 +118,9 @@ def test_refused_connection_at_start_is_one_line_and_nonzero(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     warehouse = tmp_path / "wh.duckdb"
-    done = subprocess.run([sys.executable, "-m", "tr111.cli", "sweep", "--ollama-url",
-                           f"http://127.0.0.1:{port}", "--warehouse", str(warehouse)],
-                          env=cli_env(), capture_output=True, text=True, timeout=120)
+    done = cli("sweep", "--ollama-url", f"http://127.0.0.1:{port}", "--warehouse", str(warehouse))
     assert done.returncode == 1
-    lines = [l for l in done.stderr.splitlines() if l.strip()]
+    lines = stderr_lines(done)
     assert lines[-1].startswith("tr111: error: no Ollama answers at")
     assert "Traceback" not in done.stderr
     assert not warehouse.exists()  # no half-written sweep

@@ -1,14 +1,17 @@
 """Fault matrix, bad input (docs/reliability.md): matrix files, settings and flags that are
-wrong (one line, exit code 2, no traceback), and a corpus anyone can drop files into."""
+wrong (one line, exit code 2, no traceback), and a corpus anyone can drop files into.
+
+The CLI runs in-process (faults_support.cli) with tr111-sweep replaced by a stub that fails
+the test: bad input must be refused before Prefect starts."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
-from faults_support import cli, cli_env, one, rows, run_sweep, stderr_lines, sweep_paths, write_matrix
+from faults_support import (CliResult, cli, forbid_flows, one, rows, run_sweep, stderr_lines, sweep_paths,
+                            write_matrix)
 from tr111.fake_ollama.server import FakeOllama, FakeTimings
 
 GOOD = "model: gemma3:latest\nruns: 1\ngrid:\n  num_ctx: [512]\n"
@@ -59,12 +62,18 @@ ARG_CASES = {  # name -> (extra CLI args, environment, expected text of the line
 }
 
 
-def _assert_one_line_exit_2(done: subprocess.CompletedProcess, expected: str) -> None:
+def _assert_one_line_exit_2(done: CliResult, expected: str) -> None:
     assert done.returncode == 2, (done.returncode, done.stdout[-500:], done.stderr[-2000:])
     lines = stderr_lines(done)
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(("tr111: error: ", "tr111 sweep: error: ")) and expected in lines[0], lines[0]
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+@pytest.fixture(autouse=True)
+def _no_flow(request, monkeypatch):
+    if "prefect_harness" not in request.fixturenames:  # the sweeps below run the real flow
+        forbid_flows(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +93,7 @@ def test_bad_matrix_is_one_line_and_exit_2(case, tmp_path, tiny_corpus):
         matrix.write_text(text)
     warehouse = tmp_path / "wh.duckdb"
     done = cli("sweep", "--matrix", str(matrix), "--corpus", str(tiny_corpus), "--warehouse", str(warehouse),
-               "--out", str(tmp_path / "out"), env=cli_env(PREFECT_API_URL="http://127.0.0.1:9/api"))
+               "--out", str(tmp_path / "out"))
     _assert_one_line_exit_2(done, expected)
     assert not warehouse.exists() and not (tmp_path / "out").exists()
 
@@ -96,9 +105,7 @@ def test_bad_flags_and_settings_are_one_line_and_exit_2(case, tmp_path, tiny_cor
     if "--corpus" not in args:
         args = [*args, "--corpus", str(tiny_corpus)]
     warehouse = tmp_path / "wh.duckdb"
-    environment = cli_env(PREFECT_API_URL="http://127.0.0.1:9/api", **env)  # never reached
-    if env.get("TR111_RESTART_COMMAND") == "":
-        del environment["TR111_RESTART_COMMAND"]
+    environment = {k: v or None for k, v in env.items()}  # "": unset
     done = cli("sweep", "--matrix", matrix, "--warehouse", str(warehouse), "--out", str(tmp_path / "out"),
                *args, env=environment)
     _assert_one_line_exit_2(done, expected)
@@ -115,7 +122,7 @@ def test_empty_corpus_is_one_line_and_exit_2_before_anything_runs(setup, tmp_pat
         (corpus / ".hidden.csv").write_text("a\n1\n")
     warehouse = tmp_path / "wh.duckdb"
     done = cli("sweep", "--matrix", write_matrix(tmp_path, GOOD), "--corpus", str(corpus),
-               "--warehouse", str(warehouse), env=cli_env(PREFECT_API_URL="http://127.0.0.1:9/api"))
+               "--warehouse", str(warehouse))
     _assert_one_line_exit_2(done, f"no CSV, JSON or Markdown files under {corpus}")
     assert not warehouse.exists()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from faults_support import (REPO, at, cli, cli_env, no_duplicate_calls, one, rows, run_sweep,
+from faults_support import (REPO, at, cli, no_duplicate_calls, one, rows, run_sweep,
                             stderr_lines, sweep_paths, write_matrix)
 from tr111.errors import ModelNotFoundError
 from tr111.fake_ollama.server import FakeOllama, FakeTimings
@@ -235,7 +235,7 @@ def test_server_that_never_comes_back_stops_the_sweep_naming_unfinished_runs(tmp
     fake.inject_when(at("baseline_default", 2, "analysis"), "die:2")
     done = cli("sweep", "--matrix", matrix, "--ollama-url", fake.url, "--restart", "none",
                "--corpus", str(small_corpus), "--warehouse", str(warehouse), "--sweep-id", "s-gone",
-               "--no-report", env=cli_env(TR111_RESTART_TIMEOUT_S="0.5", TR111_RETRIES="1"))
+               "--no-report", env={"TR111_RESTART_TIMEOUT_S": "0.5", "TR111_RETRIES": "1"})
     assert done.returncode == 1, done.stderr[-2000:]
     lines = stderr_lines(done)
     expected = (f"tr111: error: server at {fake.url} did not come back within 0.5 s;"

@@ -1,5 +1,8 @@
 """Fault matrix, warehouse side (docs/reliability.md): other processes read the warehouse
-(``tr111 query``, the ``duckdb`` CLI) while a sweep writes it; a writer that meets a lock waits."""
+(``tr111 query``, the ``duckdb`` CLI) while a sweep writes it; a writer that meets a lock waits.
+
+The readers stay subprocesses (DuckDB's file lock is per process: in-process they would share
+the sweep's database instance); the sweep itself runs in-process under ``prefect_harness``."""
 
 from __future__ import annotations
 

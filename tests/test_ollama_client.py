@@ -1,9 +1,13 @@
-"""The Ollama client against a real HTTP fake server: stamps, parsing, error mapping."""
+"""The Ollama client against a real HTTP fake server (stamps, parsing, error mapping), and
+through httpx.MockTransport for the parsing and mapping that need no server at all."""
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 
+import httpx
 import pytest
 
 from tr111.errors import ModelNotFoundError, ServerUnavailableError, TerminalError, TransientError
@@ -125,3 +129,107 @@ def test_connection_refused_is_server_unavailable():
     with OllamaClient(f"http://127.0.0.1:{port}", connect_timeout_s=1) as client:
         with pytest.raises(ServerUnavailableError):
             client.version()
+
+
+# --- without any server: httpx.MockTransport through the client's transport seam -----------
+
+def _ndjson(*chunks: dict | str) -> bytes:
+    return b"".join((c if isinstance(c, str) else json.dumps(c)).encode() + b"\n" for c in chunks)
+
+
+FINAL = {"model": MODEL, "response": "", "done": True, "done_reason": "stop",
+         "total_duration": 40_000_000, "load_duration": 5_000_000, "prompt_eval_count": 3,
+         "prompt_eval_duration": 2_000_000, "eval_count": 2, "eval_duration": 20_000_000}
+
+
+def _mock(handler) -> OllamaClient:
+    return OllamaClient("http://ollama.invalid", transport=httpx.MockTransport(handler))
+
+
+def test_streamed_generate_is_parsed_without_a_server():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path, json.loads(request.content)))
+        body = _ndjson({"model": MODEL, "response": "", "done": False},  # no text: not the TTFT
+                       {"model": MODEL, "response": "Hello", "done": False}, "",
+                       {"model": MODEL, "response": " world", "done": False}, FINAL)
+        return httpx.Response(200, content=body, headers={"content-type": "application/x-ndjson"})
+
+    with _mock(handler) as client:
+        call = client.generate(MODEL, "hi", {"num_predict": 2}, keep_alive="5m")
+    assert seen == [("POST", "/api/generate", {"model": MODEL, "prompt": "hi", "stream": True,
+                                               "options": {"num_predict": 2}, "keep_alive": "5m"})]
+    assert call.status == "ok" and call.response == "Hello world" and call.chunks == 4
+    assert 0 <= call.ttft_ms <= call.wall_ms
+    assert call.server.eval_count == 2 and call.server.eval_duration_ms == 20.0
+    assert call.server.done_reason == "stop" and call.throughput_tps == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("status, body, error, message", [
+    (404, {"error": "model 'x' not found"}, ModelNotFoundError, "not found"),
+    (500, {"error": "boom"}, TransientError, "HTTP 500: boom"),
+    (503, "overloaded", TransientError, "HTTP 503: overloaded"),
+    (400, {"error": "bad options"}, TerminalError, "HTTP 400: bad options"),
+])
+def test_http_errors_map_onto_tr111_errors_without_a_server(status, body, error, message):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return (httpx.Response(status, json=body) if isinstance(body, dict)
+                else httpx.Response(status, text=body))
+
+    with _mock(handler) as client:
+        with pytest.raises(error, match=message) as info:
+            client.generate(MODEL, "x")
+        assert info.value.partial.status == "error" and info.value.partial.error
+        with pytest.raises(error, match=message):
+            client.show(MODEL)
+
+
+@pytest.mark.parametrize("body, message", [
+    (_ndjson({"response": "a", "done": False}) + b"{not json\n", "malformed NDJSON"),
+    (_ndjson("[1, 2]"), "malformed NDJSON"),
+    (_ndjson({"response": "a", "done": False}), "stream ended before the final chunk"),
+    (_ndjson({"response": "a", "done": False}, {"done": True}), "no metrics"),
+    (_ndjson({"response": "a", "done": False}, {"error": "out of memory"}), "mid-stream: out of memory"),
+])
+def test_garbage_streams_are_transient_with_the_partial_text(body, message):
+    with _mock(lambda request: httpx.Response(200, content=body)) as client:
+        with pytest.raises(TransientError, match=message) as info:
+            client.generate(MODEL, "x")
+    partial = info.value.partial
+    assert partial.status == "error" and partial.wall_ms is not None
+    assert partial.response in ("", "a")
+
+
+def test_non_json_answer_and_transport_errors_without_a_server():
+    with _mock(lambda request: httpx.Response(200, text="<html>proxy</html>")) as client:
+        with pytest.raises(TransientError, match="not JSON"):
+            client.version()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with _mock(refuse) as client:
+        with pytest.raises(ServerUnavailableError, match="cannot connect"):
+            client.generate(MODEL, "x")
+
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with _mock(timeout) as client:
+        with pytest.raises(TransientError, match="timed out"):
+            client.tags()
+
+
+def test_deadline_holds_on_a_transport_without_a_socket():
+    """The watchdog has no socket to shut down here; the per-line check still ends the call."""
+    def trickle():
+        for _ in range(50):
+            time.sleep(0.02)
+            yield json.dumps({"response": "w ", "done": False}).encode() + b"\n"
+
+    with _mock(lambda request: httpx.Response(200, content=trickle())) as client:
+        client.call_timeout_s = 0.2
+        with pytest.raises(TransientError, match="deadline") as info:
+            client.generate(MODEL, "x")
+    assert 200 <= info.value.partial.wall_ms < 1000

@@ -131,3 +131,26 @@ def test_writer_waits_for_a_lock_held_by_another_process(warehouse_path):
     assert waited > 0.5  # it met the lock, retried, and got through
     with open_read_only(warehouse_path) as con:
         assert con.execute("SELECT status FROM sweeps").fetchone()[0] == "completed"
+
+
+# The Arrow type writer.SCHEMAS sends for each DuckDB column type of the migrations (INTEGER
+# and BIGINT both receive int64: DuckDB narrows on insert, and a value out of range fails loudly).
+ARROW_FOR_DUCKDB = {"VARCHAR": "string", "DOUBLE": "double", "INTEGER": "int64", "BIGINT": "int64",
+                    "BOOLEAN": "bool", "TIMESTAMP WITH TIME ZONE": "timestamp[us, tz=UTC]"}
+
+
+def test_writer_schemas_match_the_migrated_tables(tmp_path):
+    """writer.SCHEMAS repeats the migrations' columns: a column added to one and not the
+    other (or reordered, or retyped) fails here, not at the first insert of a sweep."""
+    con = duckdb.connect(str(tmp_path / "fresh.duckdb"))
+    try:
+        migrate(con)
+        tables = {r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE NOT internal").fetchall()} - {"_migrations"}
+        assert tables == set(writer.SCHEMAS)
+        for table, schema in writer.SCHEMAS.items():
+            described = [(name, ARROW_FOR_DUCKDB.get(kind, kind))
+                         for name, kind, *_ in con.execute(f"DESCRIBE {table}").fetchall()]
+            assert described == [(f.name, str(f.type)) for f in schema], table
+    finally:
+        con.close()

@@ -1,7 +1,7 @@
 """The DuckDB warehouse: the only writer of rows (schema by ordered migrations).
 
-The default database file, ``warehouse/tr111.duckdb``, lives beside this package
-and is git-ignored.
+Installed as ``tr111.warehouse``. The default database file is ``warehouse/tr111.duckdb`` in
+a checkout (git-ignored) and ``$TR111_HOME/tr111.duckdb`` elsewhere (tr111.paths).
 """
 
 from tr111.warehouse.connection import connect, open_read_only
