@@ -32,9 +32,10 @@ def tr111_sweep(matrix: str = "quick", sweep_id: str | None = None,
                 model: str | None = None, runs: int | None = None,
                 restart: str | None = None, corpus: str | None = None,
                 warehouse: str | None = None, out: str | None = None,
-                report: bool = True) -> dict:
+                report: bool = True, quiet_host: bool | None = None) -> dict:
     settings = Settings.build(ollama_url=ollama_url, engine=engine, corpus_dir=corpus,
-                              warehouse_path=warehouse, out_dir=out, restart_strategy=restart)
+                              warehouse_path=warehouse, out_dir=out, restart_strategy=restart,
+                              quiet_host=quiet_host)
     request = sweep.prepare(settings, matrix, model=model, runs=runs, sweep_id=sweep_id)
     sweep_id = request.sweep_id
     with open_sweep(settings, request, url_explicit=ollama_url is not None) as ctx:
@@ -45,6 +46,7 @@ def tr111_sweep(matrix: str = "quick", sweep_id: str | None = None,
         try:
             with subflows_without_heartbeat():
                 for index, key in enumerate(start.todo):
+                    sweep.before_run(ctx, key)
                     # quote(): Prefect must not link runs to each other through shared values
                     state = tr111_run(quote(ctx), quote(key), retries=quote(settings.retries),
                                       backoff_s=quote(settings.retry_backoff_s), return_state=True)

@@ -90,7 +90,7 @@ def _artifact_markdown(report: str, folder: Path) -> str:
 
 
 def aggregate_table(summary: SweepSummary) -> list[dict]:
-    """Rows of the table artifact (numbers as in the report's aggregate table)."""
+    """Rows of the table artifact, one per config and stage (numbers as in the report's section 4)."""
     def r(value, digits=2):
         return None if value is None else round(value, digits)
 
@@ -98,13 +98,18 @@ def aggregate_table(summary: SweepSummary) -> list[dict]:
         text = formatting.ci(d)
         return None if text == formatting.NA else text
 
-    return [{"config": a.config_id, "calls": a.calls, "runs": a.runs,
-             "throughput_tok_s": r(a.throughput_tps.mean), "throughput_ci95": ci(a.throughput_tps),
-             "throughput_cv_pct": r(a.throughput_tps.cv_pct), "warm_ttft_ms": r(a.warm_ttft_ms.mean),
-             "warm_ttft_ci95": ci(a.warm_ttft_ms), "warm_ttft_p50": r(a.warm_ttft_ms.p50),
-             "warm_ttft_p95": r(a.warm_ttft_ms.p95), "cold_ttft_ms": r(a.cold_ttft_ms.mean),
-             "total_tokens": a.total_tokens, "quality": r(a.quality_overall, 3)}
-            for a in summary.aggregate]
+    return [{"config": a.config_id, "stage": st.stage, "calls": st.calls, "warm_calls": st.warm_calls,
+             "truncated": st.truncated, "prompt_tokens": r(st.prompt_tokens, 1),
+             "decode_tok_s": r(st.decode_tps.geo_mean), "decode_ci95": ci(st.decode_tps),
+             "decode_cv_pct": r(st.decode_tps.cv_pct), "prefill_tok_s": r(st.prefill_tps.geo_mean),
+             "prefill_ci95": ci(st.prefill_tps), "warm_ttft_ms": r(st.warm_ttft_ms.geo_mean),
+             "warm_ttft_ci95": ci(st.warm_ttft_ms), "warm_ttft_p95": r(st.warm_ttft_ms.p95),
+             "warm_ttft_mean_ms": r(st.warm_ttft_ms.mean), "load_ms": r(st.load_ms),
+             "prefill_ms": r(st.prefill_ms), "client_overhead_ms": r(st.overhead_ms),
+             "cold_ttft_ms": r(st.cold_ttft_ms.geo_mean),
+             "tr111_throughput_all_calls": r(a.study_throughput_tps.mean),
+             "tr111_ttft_all_calls_ms": r(a.study_ttft_ms.mean), "quality": r(a.quality_overall, 3)}
+            for a in summary.aggregate for st in a.stages]
 
 
 def regressions_markdown(summary: SweepSummary) -> str:
@@ -117,8 +122,9 @@ def regressions_markdown(summary: SweepSummary) -> str:
     lines = [f"# Regression check: `{summary.sweep_id}` vs `{reg.previous}`", "",
              (f"**{len(flagged)} config(s) regressed:** " + ", ".join(f"`{c}`" for c in flagged))
              if flagged else "**No regression.**", "",
-             f"A regression is a change that is significant (Welch, p < {reg.alpha:g}) and worse than "
-             f"{formatting.number(reg.threshold_pct, 1)}% (throughput lower or warm TTFT higher).", "",
+             f"Per config and stage, a regression is a change that is significant (Welch on log run means, "
+             f"p < {reg.alpha:g}) and worse than {formatting.number(reg.threshold_pct, 1)}% "
+             "(decode rate lower or warm TTFT higher).", "",
              formatting.regression_table(reg)]
     return "\n".join(lines) + "\n"
 
@@ -146,8 +152,8 @@ def publish_report_artifacts(summary: SweepSummary, report_path: str | Path, *,
         markdown=_artifact_markdown(path.read_text(encoding="utf-8"), path.parent))
     out["artifacts"]["aggregate"] = _quiet(_create)(
         "table", key=key("aggregate"), flow_run_id=flow_run_id,
-        description=f"Aggregate performance of sweep {sweep_id}: throughput over all calls, "
-                    "TTFT over warm calls, 95% CIs",
+        description=f"Per-stage performance of sweep {sweep_id}: decode and prefill rate, warm TTFT and "
+                    "its parts (geometric means, 95% log-scale CIs), with TR111's pooled figures",
         table=aggregate_table(summary))
     flagged = out["regressions"]
     out["artifacts"]["regressions"] = _quiet(_create)(

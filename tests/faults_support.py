@@ -25,7 +25,10 @@ ANALYSIS, REPORT = "Analyse this data", "Technical report:"  # text only that st
 
 
 def write_matrix(folder: Path, text: str, name: str = "m.yaml") -> str:
+    """A matrix file; fault tests name runs in grid order, so it is pinned unless the text sets one."""
     path = folder / name
+    if "order:" not in text and text.strip():
+        text = text.rstrip("\n") + "\norder: grid\n"
     path.write_text(text)
     return str(path)
 

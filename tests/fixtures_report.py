@@ -11,7 +11,17 @@
   summary in the analysis prompt, except for POOR_CONFIG, whose reports are
   short and repetitive (its quality must be called out);
 * ``slow`` makes one config SLOW_FACTOR slower (throughput) than it would be,
-  ``scale`` any config faster or slower, for the nightly-regression tests.
+  ``scale`` any config faster or slower, for the nightly-regression tests;
+* ``stages=True`` gives the two calls different, known timings, as a real server
+  has them (the default keeps the original rows, so the golden report's TR111
+  columns stay comparable): the analysis call processes STAGE_PROMPT_TOKENS
+  ["analysis"] prompt tokens, the report call far fewer, at STAGE_PREFILL_TPS
+  (num_ctx 1024: PREFILL_EFFECT slower), decode runs at BASE_TPS x
+  STAGE_DECODE_FACTOR, and TTFT = load + prompt tokens / prefill rate +
+  OVERHEAD_MS (the client's own part);
+* ``truncate``: configs whose analysis prompt the server truncated to
+  TRUNCATED_TOKENS tokens (flagged on the rows; with ``stages`` their analysis
+  TTFT is short because of it: the trap of issue 10 item 7).
 
 Noise is seeded and small (run-to-run sd ~0.8% of throughput, ~2% of TTFT).
 ``build_large`` fills a warehouse with a million calls in SQL for the
@@ -37,6 +47,18 @@ CTX_EFFECT, TTFT_EFFECT = -0.08, 0.25
 POOR_CONFIG = "ctx1024_temp0p8"
 SLOW_FACTOR = 0.90
 COLD_EXTRA_MS, COLD_LOAD_MS = 1500.0, 1200.0
+STAGE_PROMPT_TOKENS = {"analysis": 450, "report": 120}
+STAGE_PREFILL_TPS = {"analysis": 1500.0, "report": 1200.0}  # prompt eval rate at num_ctx 512 / default
+STAGE_DECODE_FACTOR = {"analysis": 0.9, "report": 1.0}  # decode is slower over the longer context
+PREFILL_EFFECT = -0.20  # num_ctx 1024: prefill rate 20% lower, so prefill time and TTFT ~25% longer
+OVERHEAD_MS, WARM_LOAD_MS = 6.0, 2.5
+TRUNCATED_TOKENS = 150
+
+
+def expected_warm_ttft(stage: str, ctx: int | None = None, tokens: int | None = None) -> float:
+    """The planted warm TTFT of a stage (``stages=True``), in ms, without noise."""
+    rate = STAGE_PREFILL_TPS[stage] * (1 + PREFILL_EFFECT if ctx == 1024 else 1.0)
+    return WARM_LOAD_MS + (tokens or STAGE_PROMPT_TOKENS[stage]) / rate * 1000.0 + OVERHEAD_MS
 START = datetime(2025, 11, 1, 2, 0, tzinfo=UTC)
 
 DATA_SUMMARY = """Benchmark data summary: 12 files ingested (csv 5, json 4, markdown 3).
@@ -77,8 +99,19 @@ parameters tested, and further runs would narrow the confidence intervals.
 POOR_REPORT = "Report. " + "The model is fast. " * 30
 
 
+def _staged(stage: str, ctx: int | None, cold: bool, truncated: bool, rng: random.Random) -> dict:
+    """Per-stage timings of one call (``stages=True``): TTFT = load + prefill + client overhead."""
+    tokens = TRUNCATED_TOKENS if truncated else STAGE_PROMPT_TOKENS[stage]
+    rate = STAGE_PREFILL_TPS[stage] * (1 + PREFILL_EFFECT if ctx == 1024 else 1.0) * (1 + rng.gauss(0, 0.01))
+    prefill_ms = tokens / rate * 1000.0
+    load = COLD_LOAD_MS * (1 + rng.gauss(0, 0.01)) if cold else WARM_LOAD_MS + rng.uniform(-0.5, 0.5)
+    overhead = OVERHEAD_MS + rng.gauss(0, 0.3)
+    return {"prompt_eval_count": tokens, "prompt_eval_duration_ms": prefill_ms, "load_duration_ms": load,
+            "ttft_ms": load + prefill_ms + overhead}
+
+
 def _calls_for(sweep_id: str, config_id: str, run: int, rng: random.Random, *, scale: dict[str, float],
-               when: datetime) -> list[dict]:
+               when: datetime, stages: bool = False, truncate: tuple = ()) -> list[dict]:
     ctx = 1024 if "ctx1024" in config_id else 512 if "ctx512" in config_id else None
     tps_mean = BASE_TPS * (1 + CTX_EFFECT if ctx == 1024 else 1.0)
     ttft_mean = BASE_TTFT * (1 + TTFT_EFFECT if ctx == 1024 else 1.0)
@@ -100,26 +133,38 @@ def _calls_for(sweep_id: str, config_id: str, run: int, rng: random.Random, *, s
                           else "Write the report.\n(analysis text)")
         response = ("The data shows throughput near 114.51 tokens per second." if stage == "analysis"
                     else POOR_REPORT if config_id == POOR_CONFIG else GOOD_REPORT)
+        truncated = stage == "analysis" and config_id in truncate
+        timing = {"prompt_eval_count": TRUNCATED_TOKENS if truncated else 300, "prompt_eval_duration_ms": 50.0}
+        if stages:
+            tps *= STAGE_DECODE_FACTOR[stage]
+            eval_ms = eval_count / tps * 1000.0
+            timing = _staged(stage, ctx, cold, truncated, rng)
+            ttft, load = timing["ttft_ms"], timing["load_duration_ms"]
         out.append({
             "sweep_id": sweep_id, "config_id": config_id, "run_number": run, "stage": stage,
             "attempt": 1, "run_attempt": 1, "status": "ok", "model": MATRIX["model"],
             "options_json": json.dumps(options, sort_keys=True), "prompt": prompt, "response": response,
-            "ttft_ms": ttft, "wall_ms": ttft + eval_ms, "load_duration_ms": load,
-            "prompt_eval_count": 300, "prompt_eval_duration_ms": 50.0, "eval_count": eval_count,
+            "ttft_ms": ttft, "wall_ms": ttft + eval_ms, "load_duration_ms": load, **timing,
+            "eval_count": eval_count,
             "eval_duration_ms": eval_ms, "total_duration_ms": ttft + eval_ms, "throughput_tps": tps,
             "done_reason": "stop", "started_at": when + timedelta(seconds=i), "chunks": eval_count,
             "is_cold": cold, "cold_reason": "first call after restart" if cold else "warm",
+            "truncated": truncated, "num_ctx": ctx or 4096,
+            "truncation_reason": f"prompt exceeds num_ctx={ctx}: kept {TRUNCATED_TOKENS} tokens" if truncated
+            else None,
         })
     return out
 
 
 def build_sweep(path: Path, sweep_id: str, *, seed: int = 0, slow: str | None = None,
                 scale: dict[str, float] | None = None, started_at: datetime = START,
-                status: str = "completed", runs: int = 4, failed_attempt: bool = False) -> None:
+                status: str = "completed", runs: int = 4, failed_attempt: bool = False,
+                stages: bool = False, truncate: tuple[str, ...] = ()) -> None:
     """One sweep of the planted-effects matrix (see the module docstring).
 
     ``slow``: a config whose throughput is SLOW_FACTOR of normal; ``scale``: any
-    config -> throughput factor.
+    config -> throughput factor; ``stages``: per-stage timings; ``truncate``:
+    configs whose analysis prompts were truncated.
     """
     rng = random.Random(seed)
     scale = dict(scale or {})
@@ -154,7 +199,8 @@ def build_sweep(path: Path, sweep_id: str, *, seed: int = 0, slow: str | None = 
     for config_id in CONFIGS:
         for run in range(1, runs + 1):
             when += timedelta(seconds=10)
-            calls = _calls_for(sweep_id, config_id, run, rng, scale=scale, when=when)
+            calls = _calls_for(sweep_id, config_id, run, rng, scale=scale, when=when, stages=stages,
+                               truncate=tuple(truncate))
             all_calls += calls
             all_runs.append({
                 "sweep_id": sweep_id, "config_id": config_id, "run_number": run, "status": "ok",
@@ -218,14 +264,17 @@ def build_large(path: Path, *, calls: int = 1_000_000, sweeps: int = 500, config
                        FROM sweeps w, cfg c, range(?) t(r)""", [runs, runs])
         con.execute("""INSERT INTO llm_calls (sweep_id, config_id, run_number, stage, attempt, run_attempt,
                        status, model, prompt, response, ttft_ms, wall_ms, load_duration_ms, eval_count,
-                       eval_duration_ms, throughput_tps, started_at, is_cold, cold_reason)
+                       eval_duration_ms, throughput_tps, started_at, is_cold, cold_reason, prompt_eval_count,
+                       prompt_eval_duration_ms)
                        SELECT r.sweep_id, r.config_id, r.run_number, st.stage, 1, 1, 'ok', 'gemma3:latest',
                               'Analyse: tokens_per_second 114.5', '# Summary' || chr(10) || 'Throughput 114.5.',
                               200 + random() * 20 + CASE WHEN r.run_number = 1 AND st.stage = 'analysis'
                                                          THEN 1500 ELSE 0 END,
                               900.0, CASE WHEN r.run_number = 1 AND st.stage = 'analysis' THEN 1200 ELSE 2 END,
                               64, 640.0, 100 + random() * 2 - coalesce(c.num_ctx, 0) / 1024.0,
-                              r.started_at, r.run_number = 1 AND st.stage = 'analysis', 'fixture'
+                              r.started_at, r.run_number = 1 AND st.stage = 'analysis', 'fixture',
+                              CASE st.stage WHEN 'analysis' THEN 450 ELSE 120 END,
+                              CASE st.stage WHEN 'analysis' THEN 150.0 ELSE 60.0 END * (1 + random() * 0.02)
                        FROM runs r JOIN cfg c USING (config_id),
                             (VALUES ('analysis'), ('report')) st(stage)""")
         if score:

@@ -19,6 +19,7 @@ grid:
   num_ctx: [512, 1024]
 options: {num_predict: 6}
 restart: per_config
+order: grid
 """
 
 

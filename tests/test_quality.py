@@ -175,6 +175,8 @@ def test_quality_below_baseline_uses_margin_and_welch_matches_scipy():
         assert rows[cid]["test"].t == pytest.approx(ref.statistic, rel=1e-10), cid
         v = scores[cid]
         low, high = sps.t.interval(0.95, df=len(v) - 1, loc=np.mean(v), scale=sps.sem(v))
-        assert rows[cid]["ci"] == pytest.approx((low, high), rel=1e-12)
+        # a score lies in [0, 1]: its interval is the t interval limited to that range
+        assert rows[cid]["ci"] == pytest.approx((max(low, 0.0), min(high, 1.0)), rel=1e-12)
+    assert rows["noisy_worse"]["ci"][0] == 0.0  # the plain t interval would go below zero
     assert rows["worse"]["test"].significant and not rows["noisy_worse"]["test"].significant
     assert rows["one_score"]["test"].p_value is None and rows["one_score"]["ci"] == (None, None)

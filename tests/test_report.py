@@ -1,8 +1,10 @@
 """The technical report on a fixture warehouse with planted effects: sections, numbers, verdicts.
 
-Every number checked here is recomputed from the raw rows with pandas, scipy,
-statsmodels (tr111.effects) and tr111.regression / tr111.quality, then
-compared with the rendered markdown.
+Every number checked here is recomputed from the raw rows with pandas, scipy and
+the statsmodels oracles (tests/oracles), then compared with the rendered
+markdown; the per-stage figures are also checked against the timings the
+fixture planted (tests/fixtures_report.py, ``stages=True``): the analysis and
+the report call have different, known prompt sizes, prefill rates and TTFTs.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from fixtures_report import CONFIGS, POOR_CONFIG, SLOW_FACTOR, START, build_sweep
-from oracles.effects import anova, observations, welch_compare
+from fixtures_report import (BASE_TPS, CONFIGS, CTX_EFFECT, OVERHEAD_MS, POOR_CONFIG, SLOW_FACTOR,
+                             STAGE_DECODE_FACTOR, STAGE_PREFILL_TPS, STAGE_PROMPT_TOKENS, START, TRUNCATED_TOKENS,
+                             PREFILL_EFFECT, build_sweep, expected_warm_ttft)
+from oracles.effects import anova, welch_compare
 from tr111.report.service import generate
 from tr111.stats.summary import population_summary
 from tr111.warehouse import open_read_only
 
 SLOW = "ctx512_temp0p6"
+TRUNC = "ctx512_temp0p8"  # its analysis prompts were truncated in night-2
+STAGES = ("analysis", "report")
+MARK = "⚠ truncated"
 SECTIONS = [
     "Executive summary", "Table of contents", "1. Introduction and objectives",
     "2. Methodology and test environment", "3. Configuration matrix", "4. Aggregate performance analysis",
@@ -38,8 +45,9 @@ def built(tmp_path_factory):
     path = root / "wh.duckdb"
     # night-2 (the report) has clean planted effects; SLOW ran 1/0.9 faster the night before, so
     # night-2 shows it 10% slower than night-1: the nightly regression to flag
-    build_sweep(path, "night-1", seed=1, started_at=START, scale={SLOW: 1 / SLOW_FACTOR})
-    build_sweep(path, "night-2", seed=10, started_at=START + timedelta(days=1), failed_attempt=True)
+    build_sweep(path, "night-1", seed=1, started_at=START, scale={SLOW: 1 / SLOW_FACTOR}, stages=True)
+    build_sweep(path, "night-2", seed=10, started_at=START + timedelta(days=1), failed_attempt=True, stages=True,
+                truncate=(TRUNC,))
     outcome = generate(path, "night-2", root / "out", "templates", threshold_pct=5.0)
     report, ctx = outcome.path, outcome.context
     with open_read_only(path) as con:
@@ -51,6 +59,8 @@ def built(tmp_path_factory):
     # the swept levels come from configs (llm_calls.num_ctx is the context in effect, set for all)
     calls = calls.drop(columns=[c for c in ("num_ctx", "temperature") if c in calls.columns])
     calls = calls.rename(columns={"cfg_num_ctx": "num_ctx", "cfg_temperature": "temperature"})
+    calls["prefill_tps"] = calls["prompt_eval_count"] / calls["prompt_eval_duration_ms"] * 1000.0
+    calls["overhead_ms"] = calls["ttft_ms"] - calls["load_duration_ms"] - calls["prompt_eval_duration_ms"]
     return {"path": path, "root": root, "report": report, "text": report.read_text(), "ctx": ctx,
             "calls": calls, "previous": previous, "scores": scores}
 
@@ -81,6 +91,20 @@ def close(printed, expected, digits=2):
     return printed is not None and abs(printed - expected) <= 0.5 * 10 ** -digits + 1e-9 * abs(expected)
 
 
+def geo_cell(cell: str) -> tuple[float, tuple[float, float] | None]:
+    """"84.12 [83.01, 85.26]" -> (84.12, (83.01, 85.26)); "1,488.62 n too small" -> (1488.62, None)."""
+    value, _, rest = cell.strip().partition(" ")
+    rest = rest.split(" (n=")[0]
+    return number(value), (None if rest == "n too small" else interval(rest))
+
+
+def log_interval(values):
+    """scipy's t interval of the logs, back-transformed: the oracle of every printed interval."""
+    logs = np.log(np.asarray(values, dtype=float))
+    low, high = sps.t.interval(0.95, len(logs) - 1, loc=logs.mean(), scale=sps.sem(logs))
+    return float(np.exp(low)), float(np.exp(high))
+
+
 def table(text: str, header_start: str) -> list[list[str]]:
     """Rows (cells) of the first markdown table whose header line starts with ``header_start``."""
     lines = text.splitlines()
@@ -94,12 +118,29 @@ def table(text: str, header_start: str) -> list[list[str]]:
 
 
 def by_config(rows):
-    return {r[0].strip("`"): r for r in rows}
+    return {r[0].split("`")[1]: r for r in rows}
 
 
-def run_means(calls, metric, warm_only=False):
-    frame = calls[~calls["is_cold"].astype(bool)] if warm_only else calls
-    return frame.groupby(["config_id", "run_number"])[metric].mean()
+def by_config_stage(rows):
+    return {(r[0].split("`")[1], r[1]): r for r in rows}
+
+
+def stage_calls(calls, stage, warm_only=False):
+    frame = calls[calls["stage"] == stage]
+    return frame[~frame["is_cold"].astype(bool)] if warm_only else frame
+
+
+def log_run_means(calls, metric, stage, warm_only=False, exclude=()):
+    """One row per run: its levels and y = ln(mean of the run's calls at ``stage``)."""
+    frame = stage_calls(calls, stage, warm_only)
+    frame = frame[~frame["config_id"].isin(exclude)]
+    out = frame.groupby(["config_id", "run_number", "num_ctx", "temperature"], dropna=False,
+                        as_index=False)[metric].mean()
+    return out.assign(y=np.log(out[metric]))
+
+
+MEASURES = [("decode", "throughput_tps", False), ("prefill", "prefill_tps", False), ("ttft", "ttft_ms", True)]
+LABELS = {"decode": "Decode rate", "prefill": "Prefill rate", "ttft": "Warm TTFT"}
 
 
 # --------------------------------------------------------------------------- structure
@@ -108,8 +149,10 @@ def run_means(calls, metric, warm_only=False):
 def test_every_section_in_the_studys_order(built):
     headings = [line[3:].strip() for line in built["text"].splitlines() if line.startswith("## ")]
     assert [h for h in headings if h in SECTIONS] == SECTIONS
-    for needle in ("### Key findings", "### 2.1 Hardware and software", "### 4.2 Performance ranking",
-                   "### 5.1 Throughput distribution", "### 5.2 TTFT distribution", "Interaction effects",
+    for needle in ("### Key findings", "### 2.1 Hardware and software", "### 4.4 Performance ranking",
+                   "### 4.2 Time to first token per stage", "### 4.3 Decode and prefill rate per stage",
+                   "### 5.1 Distribution across configurations", "### 5.2 TTFT cold vs warm, per stage",
+                   "Interaction effects",
                    "### Appendix A: Statistical formulas", "### Appendix B: Raw data availability"):
         assert needle in built["text"]
 
@@ -124,7 +167,7 @@ def test_methodology_shows_the_environment_recorded_at_run_time(built):
 def test_plots_exist_beside_the_report_and_are_linked(built):
     folder = built["report"].parent
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", built["text"])
-    assert set(links) >= {"throughput.png", "ttft_cold_warm.png", "sensitivity_num_ctx.png",
+    assert set(links) >= {"rates_per_stage.png", "ttft_per_stage.png", "sensitivity_num_ctx.png",
                           "sensitivity_temperature.png", "trend.png"}
     for link in links:
         data = (folder / link).read_bytes()
@@ -139,103 +182,178 @@ def test_plots_exist_beside_the_report_and_are_linked(built):
 # --------------------------------------------------------------------------- numbers vs raw rows
 
 
-def test_aggregate_table_matches_raw_rows(built):
-    rows = by_config(table(built["text"], "| Configuration | Calls | Runs | Avg throughput"))
+def test_tr111_columns_keep_the_studys_pooled_figures(built):
+    rows = by_config(table(built["text"], "| Configuration | Calls | Runs | Truncated calls"))
     assert list(rows) == CONFIGS
     for config_id, group in built["calls"].groupby("config_id"):
         r = rows[config_id]
-        tps = group["throughput_tps"].to_numpy()
-        warm = group.loc[~group["is_cold"].astype(bool), "ttft_ms"].to_numpy()
         assert int(r[1]) == len(group) and int(r[2]) == group["run_number"].nunique()
-        assert close(number(r[3]), tps.mean())
-        ci = sps.t.interval(0.95, len(tps) - 1, loc=tps.mean(), scale=sps.sem(tps))
-        assert all(close(a, b) for a, b in zip(interval(r[4]), ci))
-        assert close(number(r[5]), tps.std(ddof=1)) and close(number(r[6]), tps.std(ddof=1) / tps.mean() * 100)
-        assert int(r[7]) == len(warm) == len(group) - 1  # one cold call per config
-        assert close(number(r[8]), warm.mean())
-        ci = sps.t.interval(0.95, len(warm) - 1, loc=warm.mean(), scale=sps.sem(warm))
-        assert all(close(a, b) for a, b in zip(interval(r[9]), ci))
-        assert close(number(r[10]), warm.std(ddof=1)) and close(number(r[11]), warm.std(ddof=1) / warm.mean() * 100)
-        assert int(r[12]) == group["eval_count"].sum()
+        assert int(r[3]) == int(group["truncated"].sum()) and int(r[4]) == group["eval_count"].sum()
+        assert close(number(r[5]), group["throughput_tps"].mean())  # TR111: every call, both stages
+        assert close(number(r[6]), group["ttft_ms"].mean())  # TR111: every call, cold included
+        assert (MARK in r[0]) == (config_id == TRUNC)
 
 
-def test_cold_and_warm_ttft_with_percentiles_match(built):
-    rows = by_config(table(built["text"], "| Configuration | Warm n | Warm mean"))
-    for config_id, group in built["calls"].groupby("config_id"):
-        r = rows[config_id]
+def test_per_stage_ttft_and_its_parts_match_raw_rows_and_the_planted_timings(built):
+    rows = by_config_stage(table(built["text"], "| Configuration | Stage | Warm calls | Prompt tokens"))
+    assert len(rows) == 2 * len(CONFIGS)
+    for (config_id, stage), r in rows.items():
+        warm = stage_calls(built["calls"], stage, warm_only=True)
+        warm = warm[warm["config_id"] == config_id]
+        assert int(r[2]) == len(warm) and close(number(r[3]), warm["prompt_eval_count"].mean(), 0)
+        assert close(number(r[4]), warm["ttft_ms"].mean()) and close(number(r[5]), warm["load_duration_ms"].mean())
+        assert close(number(r[6]), warm["prompt_eval_duration_ms"].mean())
+        assert close(number(r[7]), warm["overhead_ms"].mean())
+        parts = number(r[5]) + number(r[6]) + number(r[7])
+        assert parts == pytest.approx(number(r[4]), abs=0.02)  # load + prefill + overhead = mean TTFT
+        geo, ci = geo_cell(r[8])
+        assert close(geo, float(np.exp(np.log(warm["ttft_ms"]).mean())))
+        assert all(close(a, b) for a, b in zip(ci, log_interval(warm["ttft_ms"])))
+        # the timings the fixture planted, per stage
+        ctx = 1024 if "ctx1024" in config_id else None
+        truncated = stage == "analysis" and config_id == TRUNC
+        tokens = TRUNCATED_TOKENS if truncated else STAGE_PROMPT_TOKENS[stage]
+        assert number(r[3]) == tokens and (MARK in r[0]) == truncated
+        assert geo == pytest.approx(expected_warm_ttft(stage, ctx, tokens), rel=0.03)
+        assert number(r[7]) == pytest.approx(OVERHEAD_MS, abs=0.5)
+    analysis = number(rows[("baseline_default", "analysis")][4])
+    report = number(rows[("baseline_default", "report")][4])
+    assert analysis > 2.5 * report  # the two stages are different quantities: never pooled
+
+
+def test_per_stage_rates_match_raw_rows_and_the_planted_rates(built):
+    rows = by_config_stage(table(built["text"], "| Configuration | Stage | Calls | Decode rate"))
+    for (config_id, stage), r in rows.items():
+        group = stage_calls(built["calls"], stage)
+        group = group[group["config_id"] == config_id]
+        assert int(r[2]) == len(group)
+        for cell, cv, column in ((r[3], r[4], "throughput_tps"), (r[5], r[6], "prefill_tps")):
+            values = group[column]
+            geo, ci = geo_cell(cell)
+            assert close(geo, float(np.exp(np.log(values).mean())))
+            assert all(close(a, b) for a, b in zip(ci, log_interval(values)))
+            assert close(number(cv), values.std(ddof=1) / values.mean() * 100)
+        ctx = 1024 if "ctx1024" in config_id else None
+        decode = BASE_TPS * STAGE_DECODE_FACTOR[stage] * (1 + CTX_EFFECT if ctx else 1.0)
+        prefill = STAGE_PREFILL_TPS[stage] * (1 + PREFILL_EFFECT if ctx else 1.0)
+        assert geo_cell(r[3])[0] == pytest.approx(decode, rel=0.02)
+        assert geo_cell(r[5])[0] == pytest.approx(prefill, rel=0.02)  # truncated or not: per token
+
+
+def test_cold_and_warm_ttft_per_stage_with_percentiles_match(built):
+    rows = by_config_stage(table(built["text"], "| Configuration | Stage | Warm n | Warm TTFT"))
+    for (config_id, stage), r in rows.items():
+        group = stage_calls(built["calls"], stage)
+        group = group[group["config_id"] == config_id]
         cold_mask = group["is_cold"].astype(bool)
         warm, cold = group.loc[~cold_mask, "ttft_ms"], group.loc[cold_mask, "ttft_ms"]
-        assert int(r[1]) == len(warm) and int(r[6]) == len(cold) == 1
-        assert close(number(r[2]), warm.mean()) and close(number(r[4]), np.percentile(warm, 50))
-        assert close(number(r[5]), np.percentile(warm, 95))
-        assert close(number(r[7]), cold.mean()) and r[8] == "n/a"  # one cold call: no CI
-        assert close(number(r[11]), group.loc[cold_mask, "load_duration_ms"].mean())
-        assert number(r[7]) > 5 * number(r[2])  # the planted load is visible, not averaged away
+        assert int(r[2]) == len(warm) and int(r[6]) == len(cold) == (1 if stage == "analysis" else 0)
+        assert close(number(r[4]), np.percentile(warm, 50)) and close(number(r[5]), np.percentile(warm, 95))
+        if stage == "analysis":
+            geo, ci = geo_cell(r[7])
+            assert close(geo, cold.iloc[0]) and ci is None and r[7].endswith("n too small")  # one cold call
+            assert close(number(r[8]), group.loc[cold_mask, "load_duration_ms"].mean())
+            assert geo > 3 * geo_cell(r[3])[0]  # the planted load is visible, not averaged away
+        else:
+            assert r[7] == "n/a"
 
 
 def test_population_statistics_match(built):
     calls = built["calls"]
-    for heading, frame in (("### 5.1", calls), ("### 5.2", calls[~calls["is_cold"].astype(bool)])):
-        metric = "throughput_tps" if heading == "### 5.1" else "ttft_ms"
-        pop = population_summary(frame.groupby("config_id")[metric].mean().to_dict())
-        block = built["text"].split(heading, 1)[1].split("###", 1)[0]
-        values = dict(re.findall(r"- \*\*(\w+):\*\* ([\d,.]+)", block))
-        assert close(number(values["Mean"]), pop.mean) and close(number(values["Median"]), pop.median)
-        assert close(number(values["StdDev"]), pop.stddev) and close(number(values["Range"]), pop.range)
-        assert close(number(values["CV"]), pop.cv_pct)
+    rows = {r[0]: r for r in table(built["text"], "| Measure | Configs | Mean of config means")}
+    for key, column, warm_only in MEASURES:
+        for stage in STAGES:
+            frame = stage_calls(calls, stage, warm_only)
+            if key == "ttft" and stage == "analysis":
+                frame = frame[frame["config_id"] != TRUNC]  # a truncated TTFT is not compared
+            geo = frame.groupby("config_id")[column].apply(lambda v: float(np.exp(np.log(v).mean())))
+            pop = population_summary(geo.to_dict())
+            r = rows[f"{LABELS[key]} ({stage}) ({'ms' if key == 'ttft' else 'tok/s'})"]
+            assert int(r[1]) == pop.n and close(number(r[2]), pop.mean) and close(number(r[4]), pop.median)
+            assert all(close(a, b) for a, b in zip(interval(r[3]), log_interval(geo.to_numpy())))
+            assert close(number(r[5].split()[0]), pop.min) and close(number(r[6].split()[0]), pop.max)
+            assert close(number(r[8]), pop.cv_pct, 1)
 
 
-def test_anova_finds_the_planted_effect_and_not_the_null(built):
+def test_anova_of_log_run_means_finds_the_planted_effect(built):
     calls = built["calls"]
     text = built["text"]
-    for title, metric, cold in (("**ANOVA of throughput**", "throughput_tps", False),
-                                ("**ANOVA of warm TTFT**", "ttft_ms", True)):
-        ref = anova(calls, metric, ("num_ctx", "temperature"), exclude_cold=cold)
-        block = text.split(title, 1)[1]
-        rows = {r[0]: r for r in table(block, "| Term |")}
-        assert ref.row("num_ctx").significant and not ref.row("temperature").significant
-        assert rows["num_ctx"][6] == "significant"
-        assert rows["temperature"][6] == "not significant"
-        assert rows["num_ctx × temperature"][6] == "not significant"
-        for term, label in (("num_ctx", "num_ctx"), ("temperature", "temperature"),
-                            ("num_ctx:temperature", "num_ctx × temperature")):
-            expected, r = ref.row(term), rows[label]
-            assert int(r[1]) == expected.df and close(number(r[2]), expected.sum_sq, 4)
-            assert close(number(r[3]), expected.f_value) and close(number(r[5]), expected.partial_eta_sq, 3)
-            assert close(number(r[4]), expected.p_value, 4) if expected.p_value >= 1e-4 else r[4] == "< 0.0001"
-        assert close(number(rows["Residual"][2]), ref.ss_resid, 4)
-    assert "Main effect F(1, 12)" in text
+    for key, column, warm_only in MEASURES:
+        for stage in STAGES:
+            exclude = (TRUNC,) if key == "ttft" and stage == "analysis" else ()
+            obs = log_run_means(calls, column, stage, warm_only, exclude)
+            ref = anova(obs, "y", ("num_ctx", "temperature"), unit="call")
+            block = text.split(f"**ANOVA of {LABELS[key].lower().replace('warm ttft', 'warm TTFT')} ({stage})**", 1)[1]
+            rows = {r[0]: r for r in table(block, "| Term |")}
+            assert ref.row("num_ctx").significant and rows["num_ctx"][6] == "significant"
+            for row in ref.rows:
+                label = row.term.replace(":", " × ")
+                r = rows[label]
+                assert int(r[1]) == row.df and close(number(r[2]), row.sum_sq, 6)
+                assert close(number(r[3]), row.f_value) and close(number(r[5]), row.partial_eta_sq, 3)
+                assert close(number(r[4]), row.p_value, 4) if row.p_value >= 1e-4 else r[4] == "< 0.0001"
+                assert r[6] == ("significant" if row.p_value < 0.05 else "not significant")
+            assert close(number(rows["Residual"][2]), ref.ss_resid, 6)
+            if exclude:
+                assert f"left out, {MARK}: {TRUNC}" in text.split(f"**ANOVA of warm TTFT ({stage})**", 1)[1][:200]
+    assert "F(1, 12) = " in text
 
 
-def test_sensitivity_levels_match_run_means(built):
+def test_sensitivity_levels_are_geometric_means_of_run_means(built):
     calls = built["calls"]
-    text = built["text"].split("### 6.1", 1)[1]
-    rows = {r[0]: r for r in table(text, "| num_ctx | Configs | Runs")}
-    tps = observations(calls, "throughput_tps", ("num_ctx", "temperature"))
-    warm = observations(calls, "ttft_ms", ("num_ctx", "temperature"), exclude_cold=True)
-    for level, r in rows.items():
-        t = tps.loc[tps["num_ctx"] == float(level), "throughput_tps"]
-        w = warm.loc[warm["num_ctx"] == float(level), "ttft_ms"]
-        assert int(r[1]) == 2 and int(r[2]) == len(t) == 8
-        assert close(number(r[3]), t.mean()) and close(number(r[6]), w.mean())
-        ci = sps.t.interval(0.95, len(t) - 1, loc=t.mean(), scale=sps.sem(t))
-        assert all(close(a, b) for a, b in zip(interval(r[4]), ci))
-    low, high = number(rows["1024"][3]), number(rows["512"][3])
-    assert (high - low) / high == pytest.approx(0.08, abs=0.01)  # the planted -8%
+    text = built["text"].split("### 6.1", 1)[1].split("### 6.2", 1)[0]
+    rows = {r[0]: r for r in table(text, "| Measure | num_ctx = 512")}
+    for key, column, warm_only in MEASURES:
+        for stage in STAGES:
+            exclude = (TRUNC,) if key == "ttft" and stage == "analysis" else ()
+            obs = log_run_means(calls, column, stage, warm_only, exclude)
+            r = rows[f"{LABELS[key]} ({stage}) ({'ms' if key == 'ttft' else 'tok/s'})"]
+            for cell, level in ((r[1], 512), (r[2], 1024)):
+                y = obs.loc[obs["num_ctx"] == level, "y"]
+                geo, ci = geo_cell(cell)
+                assert close(geo, float(np.exp(y.mean()))) and cell.endswith(f"(n={len(y)})")
+                assert all(close(a, b) for a, b in zip(ci, log_interval(np.exp(y))))
+            low, high = geo_cell(r[2])[0], geo_cell(r[1])[0]
+            if key == "decode":
+                assert (high - low) / high == pytest.approx(-CTX_EFFECT, abs=0.01)  # the planted -8%
+            if key == "ttft":
+                assert low / high == pytest.approx(1 / (1 + PREFILL_EFFECT), rel=0.04)  # 1024 is ~25% slower
 
 
-def test_chimera_comparison_is_welch_on_run_means(built):
+def test_chimera_is_welch_on_log_run_means_and_says_each_best_once(built):
     calls = built["calls"]
     text = built["text"].split("## 8.", 1)[1].split("## 9.", 1)[0]
-    best = built["ctx"].chimera["comparisons"][0]["best"]["config_id"]
-    assert f"### 8.1 Best by throughput: `{best}`" in text
-    tps = run_means(calls, "throughput_tps")
-    rows = table(text, "| Metric | Baseline")
-    ref = welch_compare(tps[best].tolist(), tps["baseline_default"].tolist())
-    r = rows[0]
-    assert close(number(r[3]), ref.diff) and close(number(r[4]), ref.diff_pct)
-    assert close(number(r[6]), ref.t) and close(number(r[8]), ref.p_value, 4) and close(number(r[9]), ref.hedges_g)
-    assert r[10] == ("significant" if ref.p_value < 0.05 else "not significant")
+    comparisons = built["ctx"].chimera["comparisons"]
+    bests = [c["best"]["config_id"] for c in comparisons]
+    assert len(bests) == len(set(bests)) and TRUNC not in bests  # once each; a truncated config never
+    first = comparisons[0]
+    best = first["best"]["config_id"]
+    assert f"### 8.1 `{best}`: best by " + ", ".join(m.name for m in first["by"]) in text
+    rows = {r[0]: r for r in table(text, "| Measure | Baseline")}
+    for key, column, warm_only in MEASURES:
+        for stage in STAGES:
+            means = log_run_means(calls, column, stage, warm_only)
+            a = means.loc[means["config_id"] == best, "y"].tolist()
+            b = means.loc[means["config_id"] == "baseline_default", "y"].tolist()
+            ref = welch_compare(a, b)
+            r = rows[f"{LABELS[key]} ({stage}) ({'ms' if key == 'ttft' else 'tok/s'})"]
+            assert close(number(r[3]), (np.exp(ref.diff) - 1) * 100) and close(number(r[5]), ref.t)
+            assert close(number(r[7]), ref.p_value, 4) if ref.p_value >= 1e-4 else r[7] == "< 0.0001"
+            low, high = (float(x.strip("[]%")) for x in r[4].split(", "))
+            assert low == pytest.approx((np.exp(ref.ci95_low) - 1) * 100, abs=0.051)
+            assert high == pytest.approx((np.exp(ref.ci95_high) - 1) * 100, abs=0.051)
+            assert r[9] == ("significant" if ref.p_value < 0.05 else "not significant")
+
+
+def test_no_printed_interval_of_a_positive_quantity_goes_below_zero(built):
+    checked = 0
+    for line in built["text"].splitlines():
+        for low, high in re.findall(r"\[(-?[\d,.]+), (-?[\d,.]+)\]", line):
+            assert number(low) >= 0 and number(high) >= number(low), line
+            checked += 1
+        for low, _ in re.findall(r"95% CI (-?[\d,.]+)–(-?[\d,.]+)", line):
+            assert number(low) >= 0, line
+    assert checked > 100
 
 
 def test_quality_is_scored_stored_once_and_the_poor_config_called_out(built):
@@ -263,19 +381,30 @@ def test_quality_is_scored_stored_once_and_the_poor_config_called_out(built):
     assert good["sections_present"] == 1.0 and good["numeric_grounding"] == 1.0
 
 
-def test_regression_section_flags_the_slowed_config_and_no_other(built):
-    from oracles.regression import detect_regressions
+def test_regression_section_flags_the_slowed_config_per_stage_and_no_other(built):
+    from oracles.regression import STAGE_METRICS, detect_regressions
 
     text = built["text"].split("## 11.", 1)[1].split("### 11.1", 1)[0]
-    rows = by_config(table(text, "| Configuration | Throughput before"))
-    ref = {(c.config_id, c.metric): c for c in detect_regressions(built["previous"], built["calls"])}
-    for config_id, r in rows.items():
-        assert close(number(r[2]), ref[(config_id, "throughput_tps")].change_pct)
-        assert close(number(r[5]), ref[(config_id, "ttft_ms")].change_pct)
-        assert ("REGRESSION" in r[7]) == (config_id == SLOW)
+    rows = table(text, "| Configuration | Measure | Before")
+    assert len(rows) == 4 * len(CONFIGS)  # per config: decode rate and warm TTFT of each stage
+    ref = {(c.config_id, c.metric): c
+           for c in detect_regressions(built["previous"], built["calls"], metrics=STAGE_METRICS)}
+    column = {"Decode rate": "throughput_tps", "Warm TTFT": "ttft_ms"}
+    for r in rows:
+        config_id = r[0].strip("`")
+        label, stage = re.match(r"(.+) \((\w+)\), ", r[1]).groups()
+        expected = ref[(config_id, f"{column[label]}:{stage}")]
+        if config_id == TRUNC and label == "Warm TTFT" and stage == "analysis":
+            # night-2 truncated this prompt, night-1 did not: different prompts, no verdict
+            assert r[4] == "n/a" and r[5] == "no change" and expected.improvement
+            continue
+        assert close(number(r[3]), expected.change_pct) and r[2].startswith(f"{expected.baseline_mean:,.2f} →")
+        assert ("REGRESSION" in r[5]) == expected.regression == (config_id == SLOW and label == "Decode rate")
     assert f"**Flagged regressions (1):** `{SLOW}`." in text
     summary = json.loads((built["report"].parent / "summary.json").read_text())
     assert summary["regressions"]["flagged"] == [SLOW] and summary["regressions"]["previous"] == "night-1"
+    trunc = next(r for r in summary["regressions"]["rows"] if r["config_id"] == TRUNC)
+    assert "truncated" in trunc["warm_ttft_ms"]["analysis"]["note"]
 
 
 CLAIMS = [  # (regex, group of the p-value, group of the verdict); "< 0.0001" reads as p = 0
@@ -311,13 +440,39 @@ def test_significant_is_only_said_where_p_is_below_alpha(built):
     assert checked >= 5
 
 
-def test_recommendations_come_from_the_data(built):
-    ctx = built["ctx"]
+def test_recommendations_come_from_the_data_and_never_pick_the_truncated_config(built):
+    ctx, calls, text = built["ctx"], built["calls"], built["text"]
     tiers = {t.key: t for t in ctx.recommendations}
-    calls = built["calls"]
-    best = calls.groupby("config_id")["throughput_tps"].mean().idxmax()
-    assert tiers["best_throughput"].config_id == best
-    assert f"### 10.1 Best throughput: `{best}`" in built["text"]
+    assert all(t.config_id != TRUNC for t in tiers.values())
+    for stage in STAGES:
+        tier = tiers[f"best_decode_{stage}"]
+        frame = stage_calls(calls, stage)
+        geo = frame[frame["config_id"] != TRUNC].groupby("config_id")["throughput_tps"].apply(
+            lambda v: float(np.exp(np.log(v).mean())))
+        assert f"{geo.idxmax()} has the highest geometric-mean decode rate ({stage})" in tier.rationale
+        assert tier.config_id == geo.idxmax() or geo.idxmax() in tier.tied  # the best, or one tied with it
+        assert f"not considered: {TRUNC} (⚠ truncated prompt, analysis)" in tier.rationale
+    # the truncated config has by far the shortest analysis TTFT, and it is not the pick
+    warm = stage_calls(calls, "analysis", warm_only=True).groupby("config_id")["ttft_ms"].mean()
+    assert warm.idxmin() == TRUNC and tiers["best_ttft_analysis"].config_id != TRUNC
+    section = text.split("## 10.", 1)[1].split("## 11.", 1)[0]
+    headings = [line for line in section.splitlines() if line.startswith("### 10.")]
+    picked = [re.search(r"`([^`]+)`$", h).group(1) for h in headings if h.endswith("`")]
+    assert len(picked) == len(set(picked))  # a config best on several tiers is listed once
+    assert f"({TRUNC} set aside)" in section
+
+
+def test_truncated_config_is_marked_wherever_it_is_ranked(built):
+    text = built["text"]
+    ranking = text.split("### 4.4", 1)[1].split("## 5.", 1)[0]
+    assert f"`{TRUNC}` {MARK}:" in ranking.split("by decode rate (analysis)", 1)[1].split("**Top", 1)[0]
+    ttft = ranking.split("by warm TTFT (analysis)", 1)[1].split("**Top", 1)[0]
+    assert f"`{TRUNC}`" not in ttft.split("Not ranked", 1)[0]  # not ranked by TTFT ...
+    assert f"Not ranked by warm TTFT (analysis) ({MARK}, a shorter prompt): `{TRUNC}`" in ttft  # ... but named
+    assert f"{MARK}: the server truncated this config's prompt" in text  # the footnote
+    assert f"**{MARK.replace('truncated', 'Truncated prompts:')}** `{TRUNC}` (4 call(s), analysis)" in text
+    faults = text.split("## 12.", 1)[1]
+    assert f"| `{TRUNC}` | analysis | 4 | 4 | {TRUNCATED_TOKENS} | prompt exceeds num_ctx=512" in faults
 
 
 def test_gpu_section_says_no_telemetry_when_none_recorded(built):
@@ -401,7 +556,7 @@ def test_degenerate_sweeps_still_render_every_section(tmp_path, case):
     headings = [line[3:].strip() for line in text.splitlines() if line.startswith("## ")]
     assert [h for h in headings if h in SECTIONS] == SECTIONS
     if case == "no_calls":
-        assert "No throughput was measured." in text
+        assert "No decode rate was measured." in text
     if case == "no_baseline":
         assert "the matrix has no baseline" in text.lower()
 

@@ -53,9 +53,11 @@ def test_report_flow_and_sweep_style_publication(tmp_path):
     assert found["tr111-progress"].type == "progress" and float(found["tr111-progress"].data) == 100.0
     report = found["tr111-report"]
     assert report.type == "markdown" and "## 4. Aggregate performance analysis" in report.data
-    assert "_Plot: Throughput per config" in report.data  # images become file paths in the UI
+    assert "_Plot: Decode and prefill rate per config" in report.data  # images become file paths in the UI
     table = found["tr111-aggregate"]
-    assert table.type == "table" and [r["config"] for r in __import__("json").loads(table.data)] == CONFIGS
+    rows = __import__("json").loads(table.data)
+    assert table.type == "table" and [(r["config"], r["stage"]) for r in rows] == [
+        (c, s) for c in CONFIGS for s in ("analysis", "report")]
     regressions = found["tr111-regressions"]
     assert SLOW in regressions.description and f"`{SLOW}` | " in regressions.data
 

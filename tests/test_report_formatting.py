@@ -43,28 +43,34 @@ def test_number_interval_ci_level_verdict_cell():
     assert f.number(3) == "3" and f.number(2.0, 0) == "2" and f.number("x") == "x"
     assert f.interval((1.0, 2.5), 3) == "[1.000, 2.500]" and f.interval(None) == "n/a"
     assert f.interval((None, None)) == "n/a" and f.interval((1.0, float("nan"))) == "n/a"
-    assert f.ci(DistributionSummary.from_values([1.0, 2.0, 3.0])).startswith("[-0.48, 4.48")
-    assert f.ci(DistributionSummary.from_values([1.0])) == "n/a" and f.ci(None) == "n/a"
+    skewed = DistributionSummary.from_values([1.0, 2.0, 3.0])  # a plain t interval: [-0.48, 4.48]
+    assert f.ci(skewed) == "[0.46, 7.22]"  # log scale: the geometric mean's, above zero
+    assert f.geo(skewed) == "1.82 [0.46, 7.22]" and f.geo(DistributionSummary.from_values([])) == "n/a"
+    assert f.ci(DistributionSummary.from_values([1.0])) == "n too small" and f.ci(None) == "n/a"
+    assert f.interval((1.0, 2.0), 2, 1) == "n too small" and f.interval((1.0, 2.0), 2, 2) == "[1.00, 2.00]"
     assert f.level(None) == "default" and f.level(0.8) == "0.8" and f.level(512) == "512"
     assert f.verdict(None) == "not tested" and f.verdict(float("nan")) == "not tested"
     assert f.verdict(0.01) == "significant" and f.verdict(0.05) == "not significant"
     assert f.cell("a|b\nc<d") == "a\\|b c&lt;d" and f.cell(None) == ""
 
 
-def _change(config_id, metric, pct, p, regression=False):
-    return MetricChange(config_id=config_id, metric=metric, baseline_mean=1000.0, candidate_mean=1000.0 + pct * 10,
-                        change=pct * 10, change_pct=pct, p_value=p, t=None, df=None, hedges_g=None,
-                        significant=p is not None and p < 0.05, regression=regression, improvement=False,
-                        n_baseline=4, n_candidate=4)
+def _change(config_id, metric, stage, pct, p, regression=False):
+    return MetricChange(config_id=config_id, metric=metric, stage=stage, baseline_mean=1000.0,
+                        candidate_mean=1000.0 + pct * 10, change=pct * 10, change_pct=pct, p_value=p, t=None,
+                        df=None, hedges_g=None, significant=p is not None and p < 0.05, regression=regression,
+                        improvement=False, n_baseline=4, n_candidate=4)
 
 
 def test_regression_table_rows_and_verdicts():
-    rows = (ConfigChange("a", _change("a", "tps", -10.0, 0.00001, True), _change("a", "warm", 0.5, 0.7)),
-            ConfigChange("b", _change("b", "tps", float("nan"), None), _change("b", "warm", 1.0, 0.2)))
+    rows = (ConfigChange("a", (_change("a", "decode", "analysis", -10.0, 0.00001, True),
+                               _change("a", "ttft", "report", 0.5, 0.7))),
+            ConfigChange("b", (_change("b", "decode", "report", float("nan"), None),)))
     table = f.regression_table(SweepComparison("s1", "s2", 5.0, 0.05, rows)).splitlines()
-    assert table[0].startswith("| Configuration | Throughput before → now (tok/s) | Δ% | p |")
-    assert table[2] == ("| `a` | 1,000.00 → 900.00 | -10.00 | < 0.0001 | 1,000.00 → 1,005.00 | +0.50 | 0.7000 "
+    assert table[0] == "| Configuration | Measure | Before → now | Δ% | p | Verdict |"
+    assert table[2] == ("| `a` | Decode rate (analysis), tok/s | 1,000.00 → 900.00 | -10.00 | < 0.0001 "
                         "| **REGRESSION** |")
-    assert table[3].startswith("| `b` | 1,000.00 → n/a | n/a | n/a |")
-    assert table[3].endswith("| no change beyond 5.0% at p < 0.05 |")
+    assert table[3] == "| `a` | Warm TTFT (report), ms | 1,000.00 → 1,005.00 | +0.50 | 0.7000 | no change |"
+    assert table[4] == "| `b` | Decode rate (report), tok/s | 1,000.00 → n/a | n/a | n/a | no change |"
+    assert rows[0].regression and not rows[1].regression
+    assert rows[0].to_dict()["decode_tps"]["analysis"]["change_pct"] == -10.0
     assert f.regression_table(SweepComparison(None, "s2", 5.0, 0.05)).count("\n") == 1  # header only

@@ -1,9 +1,11 @@
 """The report of a fixed warehouse keeps its sections and numbers (a golden copy).
 
-``tests/golden/technical_report.md`` was rendered before the stage-package
-restructuring; any change to what the report says shows up here as a diff. When a
-change is meant (a new figure, a fixed formula), regenerate it with
-``python -m pytest tests/test_report_golden.py --update-golden`` and review the diff.
+``tests/golden/technical_report.md`` was last regenerated for the per-stage report
+(issue 10) from the same fixture rows as before, so TR111's pooled columns (section
+4.1) still print the numbers of the earlier golden copy; any change to what the
+report says shows up here as a diff. When a change is meant (a new figure, a fixed
+formula), regenerate it with ``python -m pytest tests/test_report_golden.py
+--update-golden`` and review the diff.
 """
 
 from __future__ import annotations

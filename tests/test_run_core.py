@@ -15,7 +15,8 @@ from tr111.paths import templates_dir
 from tr111.run import plan as planning, stages
 from tr111.run.restart import RestartOutcome
 
-MATRIX = {"model": "m", "runs": 3, "baseline": True, "grid": {"num_ctx": [256, 512]}, "restart": "per_config"}
+MATRIX = {"model": "m", "runs": 3, "baseline": True, "grid": {"num_ctx": [256, 512]}, "restart": "per_config",
+          "order": "grid"}
 
 
 def request(**over):
@@ -69,7 +70,38 @@ def test_bad_config_ids_are_refused_before_anything_runs():
                                              ("never", [False, False, False])])
 def test_restart_policy(policy, expected):
     p = plan(restart_policy=policy)
-    assert [planning.should_restart(p, n) for n in (1, 2, 3)] == expected
+    keys = planning.run_keys(request(), set(), {}, {})[:3]  # one config's three runs
+    assert [planning.should_restart(p, k) for k in keys] == expected
+
+
+def test_shuffled_order_is_a_seeded_permutation_that_keeps_a_configs_runs_together():
+    req = request(order="shuffled")
+    first = [k.name for k in planning.run_keys(req, set(), {}, {}, seed=7)]
+    assert first == [k.name for k in planning.run_keys(req, set(), {}, {}, seed=7)]  # reproducible
+    assert sorted(first) == sorted(k.name for k in planning.run_keys(request(), set(), {}, {}))
+    orders = {tuple(k.config.config_id for k in planning.run_keys(req, set(), {}, {}, seed=s)[::3])
+              for s in range(20)}
+    assert len(orders) > 1  # the seed really permutes the configs
+    keys = planning.run_keys(req, set(), {}, {}, seed=7)
+    assert [k.follows_other_config for k in keys] == [True, False, False] * 3
+    assert planning.restarts_planned(plan(), keys) == 3
+
+
+def test_interleaved_replicates_restart_before_every_run_and_change_the_round_order():
+    req = request(interleave=True, order="shuffled")
+    keys = planning.run_keys(req, set(), {}, {}, seed=3)
+    assert [k.run_number for k in keys] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert all(k.follows_other_config for k in keys)
+    assert planning.restarts_planned(plan(), keys) == 9  # per_config now costs one per run
+    assert planning.run_order(req.matrix) == "shuffled, interleaved replicates"
+
+
+def test_execution_keys_at_their_defaults_leave_the_recorded_matrix_json_unchanged():
+    import json
+
+    plain = parse_matrix({k: v for k, v in MATRIX.items() if k != "order"})
+    assert "order" not in json.loads(plain.to_json()) and "seed" not in json.loads(plain.to_json())
+    assert json.loads(parse_matrix({**MATRIX, "interleave": True}).to_json())["interleave"] is True
 
 
 def test_restart_strategy_defaults_to_a_real_restart_of_the_embedded_engine():
@@ -151,7 +183,7 @@ def test_the_sweep_core_runs_a_whole_run_without_prefect(fake_ollama, tmp_path, 
     monkeypatch.setenv("TR111_GPU_TELEMETRY", "false")
     matrix = tmp_path / "m.yaml"
     matrix.write_text("model: gemma3:latest\nruns: 1\nbaseline: true\ngrid: {num_ctx: [256]}\n"
-                      "options: {num_predict: 4}\n", encoding="utf-8")
+                      "options: {num_predict: 4}\norder: grid\n", encoding="utf-8")
     settings = Settings.build(ollama_url=fake_ollama.url, corpus_dir=small_corpus,
                               warehouse_path=tmp_path / "w.duckdb", out_dir=tmp_path / "out")
     request = sweep.prepare(settings, str(matrix), model=None, runs=None, sweep_id="core-1")
@@ -184,7 +216,7 @@ def test_the_sweep_core_runs_a_whole_run_without_prefect(fake_ollama, tmp_path, 
                 ctx.plan = ctx.plan.__class__(**{**ctx.plan.__dict__, "restart_timeout_s": 0.3})
                 sweep.after_run(ctx, start.todo[1], {**run, "status": "error"}, start.todo[1:], failed)
             client = ctx.client
-        assert client._http.is_closed  # the context closed what it opened
+        assert client.pid is None  # the context stopped the measurement worker it started
     finally:
         unsubscribe()
     assert events[:3] == ["server", "telemetry", "start"] and events.count("run") == 2

@@ -1,4 +1,5 @@
-"""Descriptive statistics against hand-computed and scipy values; recommendation tiers."""
+"""Descriptive statistics against hand-computed and scipy values; recommendation tiers (per stage:
+ties named and resolved by resource, a truncated config never recommended silently)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from tr111.report.recommend import ConfigSummary, recommendation_tiers
+from tr111.report.recommend import ConfigSummary, by_config, recommendation_tiers
 from tr111.stats.summary import DistributionSummary, population_summary, rank_configs
 
 
@@ -24,15 +25,18 @@ def test_summary_matches_hand_computed_values():
     assert summary.p95 == pytest.approx(np.percentile([2, 4, 4, 4, 5, 5, 7, 9], 95))
 
 
-def test_ci_matches_scipy_t_interval():
+def test_ci_is_scipy_t_interval_of_the_logs():
     values = [114.2, 116.9, 112.5]
     summary = DistributionSummary.from_values(values)
-    low, high = sps.t.interval(0.95, df=2, loc=np.mean(values), scale=sps.sem(values))
-    assert summary.ci95_low == pytest.approx(low)
-    assert summary.ci95_high == pytest.approx(high)
-    # hand check: t(0.975, 2) = 4.302653
-    half = 4.302653 * np.std(values, ddof=1) / math.sqrt(3)
-    assert summary.ci95_half_width == pytest.approx(half, rel=1e-6)
+    logs = np.log(values)
+    low, high = sps.t.interval(0.95, df=2, loc=logs.mean(), scale=sps.sem(logs))
+    assert summary.geo_mean == pytest.approx(sps.gmean(values))
+    assert summary.ci95_low == pytest.approx(math.exp(low))
+    assert summary.ci95_high == pytest.approx(math.exp(high))
+    # hand check: t(0.975, 2) = 4.302653, on the log scale
+    half = 4.302653 * np.std(logs, ddof=1) / math.sqrt(3)
+    assert summary.ci95_high / summary.geo_mean == pytest.approx(math.exp(half), rel=1e-6)
+    assert summary.geo_mean / summary.ci95_low == pytest.approx(math.exp(half), rel=1e-6)
 
 
 def test_empty_and_single_value_edge_cases():
@@ -55,7 +59,13 @@ def test_none_and_nan_ignored():
 def test_constant_values_have_zero_width_ci():
     summary = DistributionSummary.from_values([5.0, 5.0, 5.0])
     assert summary.stddev == 0.0 and summary.cv_pct == 0.0
-    assert summary.ci95_low == summary.ci95_high == 5.0
+    assert summary.ci95_low == pytest.approx(5.0) and summary.ci95_high == pytest.approx(5.0)
+
+
+def test_values_at_or_below_zero_get_no_geometric_mean_and_no_interval():
+    summary = DistributionSummary.from_values([0.0, 2.0, 4.0])
+    assert summary.mean == 2.0 and summary.geo_mean is None
+    assert summary.ci95_low is None and summary.ci95_high is None
 
 
 def test_population_summary_reports_range_and_extremes():
@@ -83,27 +93,60 @@ def test_ranking():
 # --------------------------------------------------------------------------- recommendation tiers
 
 
-def _summary(cid, tps, ttft, gpu=None, ctx=None):
-    return ConfigSummary(cid, DistributionSummary.from_values(tps), DistributionSummary.from_values(ttft),
-                         num_gpu=gpu, num_ctx=ctx)
+def _summary(cid, tps, ttft, gpu=None, ctx=None, truncated=0, report_ttft=None):
+    """The same values in both stages unless ``report_ttft``; ``truncated`` analysis calls."""
+    d = DistributionSummary.from_values
+    return ConfigSummary(cid, {"analysis": d(tps), "report": d(tps)},
+                         {"analysis": d(ttft), "report": d(report_ttft if report_ttft is not None else ttft)},
+                         truncated={"analysis": truncated, "report": 0}, num_gpu=gpu, num_ctx=ctx)
 
 
-def test_tiers_are_derived_from_data():
+def test_tiers_are_derived_from_data_and_name_the_ties():
     summaries = [
         _summary("fast", [120.0, 121.0, 119.0], [300.0, 310.0, 305.0], gpu=120, ctx=1024),
         _summary("cheap", [119.0, 119.5, 118.5], [302.0, 309.0, 306.0], gpu=60, ctx=256),
         _summary("steady", [110.0, 110.01, 109.99], [250.0, 251.0, 249.0], gpu=80, ctx=512),
-        _summary("slowcheap", [90.0, 91.0, 89.0], [200.0, 260.0, 230.0], gpu=40, ctx=256),
+        _summary("slowcheap", [90.0, 91.0, 89.0], [200.0, 202.0, 201.0], gpu=40, ctx=256),
     ]
     tiers = {t.key: t for t in recommendation_tiers(summaries, tolerance_pct=2.0)}
-    assert tiers["best_throughput"].config_id == "fast"
-    assert "120.00 tok/s" in tiers["best_throughput"].rationale
-    assert "cheap" in tiers["best_throughput"].rationale  # names the runner-up
-    assert tiers["best_warm_ttft"].config_id == "slowcheap"
+    for stage in ("analysis", "report"):
+        best = tiers[f"best_decode_{stage}"]
+        # fast is highest, cheap is statistically tied with it and uses fewer GPU layers: cheap is chosen
+        assert best.config_id == "cheap" and best.tied == ("fast",)
+        assert "fast has the highest geometric-mean decode rate" in best.rationale
+        assert "statistically tied" in best.rationale and "chose cheap, the lowest-resource" in best.rationale
+        assert tiers[f"best_ttft_{stage}"].config_id == "slowcheap"
+        assert tiers[f"best_ttft_{stage}"].tied == ()  # significantly faster than the runner-up
+    assert "p=" in tiers["best_ttft_analysis"].rationale and "significant" in tiers["best_ttft_analysis"].rationale
     assert tiers["most_consistent"].config_id == "steady"
     # slowcheap is cheaper but 25% slower; cheap is within 2% and its TTFT is not significantly worse
     assert tiers["lowest_resource"].config_id == "cheap"
     assert "within 2%" in tiers["lowest_resource"].rationale
+
+
+def test_the_same_best_for_several_metrics_is_said_once():
+    summaries = [_summary("a", [120.0, 121.0, 119.5], [100.0, 101.0, 100.5], gpu=60, ctx=256),
+                 _summary("b", [100.0, 101.0, 99.5], [200.0, 201.0, 200.5], gpu=60, ctx=512)]
+    groups = by_config(recommendation_tiers(summaries))
+    assert [g["config_id"] for g in groups] == ["a"]
+    assert {t.key for t in groups[0]["tiers"]} == {"best_decode_analysis", "best_decode_report",
+                                                   "best_ttft_analysis", "best_ttft_report", "most_consistent",
+                                                   "lowest_resource"}
+
+
+def test_a_truncated_config_is_never_recommended_silently():
+    # "short" answered a truncated analysis prompt: its TTFT is a third of the others'
+    summaries = [_summary("short", [121.0, 121.5, 120.5], [100.0, 101.0, 99.0], gpu=60, ctx=256, truncated=3),
+                 _summary("full", [120.0, 120.5, 119.5], [300.0, 301.0, 299.0], gpu=80, ctx=1024),
+                 _summary("full2", [110.0, 110.5, 109.5], [310.0, 311.0, 309.0], gpu=120, ctx=1024)]
+    tiers = recommendation_tiers(summaries)
+    assert all(t.config_id != "short" for t in tiers)
+    for t in tiers:
+        assert "not considered: short (⚠ truncated prompt, analysis)" in t.rationale, t.key
+    assert {t.key: t.config_id for t in tiers}["best_ttft_analysis"] == "full"
+    # every config truncated: a pick is made, with a loud caveat
+    alone = recommendation_tiers([summaries[0]])
+    assert alone[0].config_id == "short" and alone[0].caveat and "truncated" in alone[0].caveat
 
 
 def test_lowest_resource_rejects_significantly_worse_ttft():
@@ -115,13 +158,12 @@ def test_lowest_resource_rejects_significantly_worse_ttft():
     assert tiers["lowest_resource"].config_id == "fast"
 
 
-def test_tier_welch_p_is_scipy_ttest_ind_from_stats():
-    """The p in a tier's rationale is the product's one Welch, equal to scipy's from the same summaries."""
+def test_tier_welch_p_is_scipy_ttest_of_the_logs():
+    """The p in a tier's rationale is the product's one Welch on logs, equal to scipy's."""
     fast, runner = [120.0, 121.5, 119.0, 120.2], [118.0, 119.0, 118.5]
     tiers = {t.key: t for t in recommendation_tiers([_summary("fast", fast, [300.0, 301.0]),
                                                      _summary("runner", runner, [305.0, 306.0])])}
-    a, b = DistributionSummary.from_values(fast), DistributionSummary.from_values(runner)
-    ref = sps.ttest_ind_from_stats(a.mean, a.stddev, a.n, b.mean, b.stddev, b.n, equal_var=False)
-    assert f"p={ref.pvalue:.3g}, significant" in tiers["best_throughput"].rationale
+    ref = sps.ttest_ind(np.log(fast), np.log(runner), equal_var=False)
+    assert f"p={ref.pvalue:.3g}, significant" in tiers["best_decode_report"].rationale
     tied = recommendation_tiers([_summary("x", [1.0, 1.0], []), _summary("y", [0.5, 0.5], [])])
     assert "no test possible" in tied[0].rationale  # both constant: no variance to test against

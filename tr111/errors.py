@@ -34,6 +34,13 @@ class Tr111Error(Exception):
         super().__init__(message)
         self.partial = partial
 
+    def __reduce__(self):  # pickled across the measurement worker's pipe, partial included
+        return (_rebuild, (type(self), str(self), self.partial))
+
+
+def _rebuild(cls: type, message: str, partial: object | None) -> Tr111Error:
+    return cls(message, partial=partial)
+
 
 class TransientError(Tr111Error):
     """A fault that may pass: timeouts, connection errors, 5xx, a dropped stream."""

@@ -71,6 +71,14 @@ class SweepMatrix(BaseModel):
     # Measurement hygiene (recorded with the sweep).
     cache_bust: bool = True
     warmup: bool = False
+    # Execution order: shuffled (default; seed drawn and recorded on the sweep unless given) so
+    # drift over the sweep cannot masquerade as the outermost grid factor, or grid order.
+    order: Literal["shuffled", "grid"] = "shuffled"
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    # Interleaved replicates: run 1 of every config, then run 2, ... (a restart before every run).
+    interleave: bool = False
+    # Before each run, wait (bounded) until other processes leave the CPUs alone.
+    quiet_host: bool = False
 
     @field_validator("grid")
     @classmethod
@@ -109,7 +117,16 @@ class SweepMatrix(BaseModel):
         return self
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """The matrix as recorded on the sweep. Execution keys at their defaults are left out,
+        so a matrix that does not use them keeps the JSON (and the nightly history) it had."""
+        data = self.model_dump(mode="json")
+        for key, default in EXECUTION_DEFAULTS.items():
+            if data.get(key) == default:
+                data.pop(key)
+        return json.dumps(data, sort_keys=True)
+
+
+EXECUTION_DEFAULTS = {"order": "shuffled", "seed": None, "interleave": False, "quiet_host": False}
 
 
 @dataclass(frozen=True)

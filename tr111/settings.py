@@ -81,6 +81,12 @@ class Settings(BaseModel):
     regression_threshold_pct: float = Field(5.0, gt=0, le=1000)
     engine_threads: int | None = Field(None, ge=1, le=1024)
     gpu_telemetry: bool = True
+    # The timed call in a process of its own (tr111.run.worker); off: in the orchestrator's process.
+    measurement_worker: bool = True
+    # --quiet-host: before each run wait (at most this long) until other processes use less
+    # than tr111.run.hostload.CONTENDED_CORE_SHARE of a core.
+    quiet_host: bool = False
+    quiet_host_timeout_s: float = Field(120.0, gt=0, le=86400)
 
     @model_validator(mode="before")
     @classmethod

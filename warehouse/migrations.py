@@ -115,3 +115,54 @@ def m002_quality_scores(con: duckdb.DuckDBPyConnection) -> None:
             missing_sections VARCHAR, ungrounded_numbers INTEGER, notes VARCHAR,
             scorer_version VARCHAR, scored_at TIMESTAMPTZ,
             PRIMARY KEY (sweep_id, config_id, run_number, attempt))""")
+
+
+@migration
+def m003_stage_summary(con: duckdb.DuckDBPyConnection) -> None:
+    """Per config and stage beside config_summary: the analysis call (long prompt) and the report
+    call (short prompt) apart, with decode and prefill rate and warm TTFT's parts (issue 10).
+
+    A frozen copy of the report's formulas (tr111/report/queries.py): prefill rate =
+    prompt_eval_count / prompt_eval_duration, client overhead = TTFT - load - prefill;
+    geo_* are geometric means.
+    """
+    con.execute("""
+        CREATE VIEW stage_summary AS
+        WITH c AS (
+            SELECT *, NOT coalesce(is_cold, false) AS warm,
+                   CASE WHEN prompt_eval_duration_ms > 0
+                        THEN prompt_eval_count * 1000.0 / prompt_eval_duration_ms END AS prefill_tps
+            FROM stat_calls)
+        SELECT sweep_id, config_id, stage,
+               count(*) AS calls,
+               count(*) FILTER (WHERE warm) AS warm_calls,
+               count(*) FILTER (WHERE coalesce(truncated, false)) AS truncated_calls,
+               avg(prompt_eval_count) AS avg_prompt_tokens,
+               avg(throughput_tps) AS avg_decode_tps,
+               exp(avg(ln(CASE WHEN throughput_tps > 0 THEN throughput_tps END))) AS geo_decode_tps,
+               stddev_samp(throughput_tps) / avg(throughput_tps) * 100 AS cv_decode_pct,
+               avg(prefill_tps) AS avg_prefill_tps,
+               exp(avg(ln(CASE WHEN prefill_tps > 0 THEN prefill_tps END))) AS geo_prefill_tps,
+               avg(ttft_ms) FILTER (WHERE warm) AS avg_warm_ttft_ms,
+               exp(avg(ln(CASE WHEN ttft_ms > 0 THEN ttft_ms END)) FILTER (WHERE warm)) AS geo_warm_ttft_ms,
+               stddev_samp(ttft_ms) FILTER (WHERE warm) / avg(ttft_ms) FILTER (WHERE warm) * 100
+                   AS cv_warm_ttft_pct,
+               avg(ttft_ms) FILTER (WHERE NOT warm) AS avg_cold_ttft_ms,
+               avg(load_duration_ms) FILTER (WHERE warm) AS avg_warm_load_ms,
+               avg(prompt_eval_duration_ms) FILTER (WHERE warm) AS avg_warm_prefill_ms,
+               avg(ttft_ms - load_duration_ms - prompt_eval_duration_ms) FILTER (WHERE warm)
+                   AS avg_warm_client_overhead_ms,
+               sum(eval_count) AS total_tokens
+        FROM c
+        GROUP BY sweep_id, config_id, stage""")
+
+
+@migration
+def m004_run_order_and_host_load(con: duckdb.DuckDBPyConnection) -> None:
+    """Run order (seed, order, restarts it costs) on the sweep; what the host did during each call."""
+    for column, kind in (("order_seed", "BIGINT"), ("run_order", "VARCHAR"), ("restarts_planned", "INTEGER")):
+        con.execute(f"ALTER TABLE sweeps ADD COLUMN {column} {kind}")
+    for column, kind in (("host_load1", "DOUBLE"), ("host_other_cpu_s", "DOUBLE"),
+                         ("host_server_cpu_s", "DOUBLE"), ("host_harness_cpu_s", "DOUBLE"),
+                         ("host_contended", "BOOLEAN")):
+        con.execute(f"ALTER TABLE llm_calls ADD COLUMN {column} {kind}")

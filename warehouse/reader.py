@@ -51,3 +51,9 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -
     cur = con.execute(sql, params or [])
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def recorded_order_seed(con: duckdb.DuckDBPyConnection, sweep_id: str) -> int | None:
+    """The run-order seed a sweep was started with (None for a new sweep)."""
+    row = first(con.execute("SELECT order_seed FROM sweeps WHERE sweep_id = ?", [sweep_id]))
+    return None if row is None or row[0] is None else int(row[0])

@@ -20,7 +20,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("sweep_id", S), ("started_at", TS), ("finished_at", TS), ("status", S), ("model", S),
         ("ollama_url", S), ("server_version", S), ("matrix_json", S), ("host", S), ("engine", S),
         ("engine_model_file", S), ("tr111_version", S), ("environment_json", S),
-        ("cache_bust", B), ("warmup", B), ("corpus_dir", S), ("note", S)]),
+        ("cache_bust", B), ("warmup", B), ("corpus_dir", S), ("note", S),
+        ("order_seed", I), ("run_order", S), ("restarts_planned", I)]),
     "configs": pa.schema([
         ("sweep_id", S), ("config_id", S), ("num_gpu", I), ("num_ctx", I), ("temperature", F),
         ("options_json", S), ("is_baseline", B), ("show_json", S), ("ps_json", S),
@@ -42,7 +43,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("gpu_index", I), ("gpu_name", S), ("gpu_driver", S), ("gpu_mem_peak_mb", F),
         ("gpu_util_mean_pct", F), ("gpu_power_mean_w", F), ("gpu_energy_j", F),
         ("gpu_energy_source", S), ("gpu_temp_max_c", F), ("gpu_sm_clock_mean_mhz", F),
-        ("gpu_samples", I)]),
+        ("gpu_samples", I), ("host_load1", F), ("host_other_cpu_s", F), ("host_server_cpu_s", F),
+        ("host_harness_cpu_s", F), ("host_contended", B)]),
     "ingest_problems": pa.schema([
         ("sweep_id", S), ("corpus_fingerprint", S), ("path", S), ("kind", S), ("detail", S)]),
     "quality_scores": pa.schema([

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
@@ -30,17 +31,30 @@ from oracles.effects import welch_compare
 
 @dataclass(frozen=True)
 class MetricRule:
-    """Which column to compare, whether higher is better, and whether to keep only warm calls."""
+    """Which column to compare, whether higher is better, whether to keep only warm calls;
+    ``stage``: only that stage's calls; ``log``: test the logs of the run means (the change is
+    then the ratio of geometric means - 1, the product's rule for times and rates)."""
 
     metric: str
     higher_is_better: bool
     warm_only: bool
+    stage: str | None = None
+    log: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.metric if self.stage is None else f"{self.metric}:{self.stage}"
 
 
 DEFAULT_METRICS = (
     MetricRule("throughput_tps", higher_is_better=True, warm_only=False),
     MetricRule("ttft_ms", higher_is_better=False, warm_only=True),
 )
+# what the report and `tr111 compare` check (tr111.report.metrics.CHECKED): per stage, on logs
+STAGE_METRICS = tuple(
+    MetricRule(metric, higher, warm, stage=stage, log=True)
+    for metric, higher, warm in (("throughput_tps", True, False), ("ttft_ms", False, True))
+    for stage in ("analysis", "report"))
 RUN_KEY = ("config_id", "run_number")
 
 
@@ -74,6 +88,8 @@ def _observations(frame: pd.DataFrame, rule: MetricRule, unit: str, run_key: Seq
     if rule.metric not in frame.columns:
         return frame.iloc[0:0]
     rows = frame
+    if rule.stage is not None and "stage" in rows.columns:
+        rows = rows[rows["stage"] == rule.stage]
     if rule.warm_only and "is_cold" in rows.columns:
         rows = rows[~rows["is_cold"].fillna(False).astype(bool)]
     rows = rows.assign(**{rule.metric: pd.to_numeric(rows[rule.metric], errors="coerce")})
@@ -82,6 +98,8 @@ def _observations(frame: pd.DataFrame, rule: MetricRule, unit: str, run_key: Seq
         rows = rows.groupby(list(run_key), as_index=False, sort=True)[rule.metric].mean()
     elif unit not in ("run", "call"):
         raise ValueError(f"unit must be 'run' or 'call', not {unit!r}")
+    if rule.log:
+        rows = rows.assign(**{rule.metric: np.log(rows[rule.metric].where(rows[rule.metric] > 0))})
     return rows
 
 
@@ -127,18 +145,23 @@ def detect_regressions(
             for i, p in zip(tested, p_adj):
                 adjusted[i] = float(p)
 
-    order = {rule.metric: i for i, rule in enumerate(metrics)}
+    order = {rule.key: i for i, rule in enumerate(metrics)}
     changes = [
         _change(item["config_id"], item["rule"], item["comparison"], p, threshold_pct, alpha)
         for item, p in zip(pending, adjusted)
     ]
-    changes.sort(key=lambda c: (c.config_id, order[c.metric]))
+    changes.sort(key=lambda c: (c.config_id, order[c.metric]))  # c.metric is the rule's key
     return changes
 
 
 def _change(config_id: str, rule: MetricRule, comparison, p_value: float | None,
             threshold_pct: float, alpha: float) -> ConfigChange:
     change_pct = comparison.diff_pct  # candidate relative to baseline
+    base_mean, cand_mean = comparison.mean_b, comparison.mean_a
+    if rule.log:  # the comparison is of logs: back to geometric means and a ratio
+        change_pct = (np.exp(comparison.diff) - 1.0) * 100.0 if comparison.diff is not None else None
+        base_mean = float(np.exp(base_mean)) if base_mean is not None else None
+        cand_mean = float(np.exp(cand_mean)) if cand_mean is not None else None
     significant = p_value is not None and p_value < alpha
     worse = better = False
     if change_pct is not None:
@@ -147,9 +170,9 @@ def _change(config_id: str, rule: MetricRule, comparison, p_value: float | None,
         better = signed > threshold_pct
     return ConfigChange(
         config_id=config_id,
-        metric=rule.metric,
-        baseline_mean=comparison.mean_b,
-        candidate_mean=comparison.mean_a,
+        metric=rule.key,
+        baseline_mean=base_mean,
+        candidate_mean=cand_mean,
         change_pct=change_pct,
         p_value=p_value,
         significant=significant,

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how to restart the server before a config's runs")
     sweep.add_argument("--sweep-id", help="resume (or name) a sweep")
     sweep.add_argument("--no-report", action="store_true", help="skip tr111-report")
+    sweep.add_argument("--quiet-host", action="store_true",
+                       help="before each run, wait (TR111_QUIET_HOST_TIMEOUT_S, default 120 s) until "
+                            "other processes leave the CPUs alone")
 
     report = sub.add_parser("report", help="render the technical report of a sweep")
     report.add_argument("--sweep", default="latest", help="sweep id or 'latest'")
@@ -139,7 +142,8 @@ def cmd_sweep(args) -> int:
         result = tr111_sweep(matrix=args.matrix, sweep_id=args.sweep_id, ollama_url=args.ollama_url,
                              engine=args.engine, model=args.model, runs=args.runs,
                              restart=args.restart, corpus=args.corpus, warehouse=args.warehouse,
-                             out=args.out, report=not args.no_report)
+                             out=args.out, report=not args.no_report,
+                             quiet_host=args.quiet_host or None)
     print(f"sweep id: {result['sweep_id']}")
     print(f"status: {result['status']}")
     if result.get("failed_runs"):

@@ -29,6 +29,9 @@ def progress_display() -> Iterator[None]:
             state["task"] = bar.add_task(f"sweep {data['sweep_id']}", total=data["total"],
                                          completed=data["done"])
             bar.start()
+        elif event == "quiet_host" and not data["quiet"]:
+            console.print(f"host still busy after {data['waited_s']:.0f} s: {data['name']} runs anyway "
+                          "(its calls are flagged host_contended)")
         elif event == "run" and "task" in state:
             bar.update(state["task"], advance=1, description=f"{data['name']}: {data['status']}")
 

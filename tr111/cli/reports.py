@@ -26,9 +26,10 @@ COMMANDS = ("report", "compare", "export")
 def add_report_commands(sub: argparse._SubParsersAction) -> None:
     compare = sub.add_parser(
         "compare", help="compare two sweeps per config (Welch); exit 3 when a config regressed",
-        description="Per config present in both sweeps: change of mean throughput and mean warm TTFT "
-                    "(run means, Welch's t-test). A config regressed when a change is significant "
-                    "(p < 0.05) and worse than the threshold. Exit status: 0 none, 3 regression(s).")
+        description="Per config present in both sweeps and per stage (analysis, report): change of the "
+                    "decode rate and of warm TTFT (geometric means of run means; Welch's t-test of their "
+                    "logs). A config regressed when a change is significant (p < 0.05) and worse than the "
+                    "threshold. Exit status: 0 none, 3 regression(s).")
     compare.add_argument("--baseline", required=True,
                          help="the reference sweep id, or 'previous': the completed sweep of the same "
                               "matrix and model before the candidate")
@@ -38,8 +39,8 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--warehouse")
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
-    export = sub.add_parser("export", help="export a sweep's calls, runs, quality scores and summary "
-                                           "(config_summary and the report's summary.json)")
+    export = sub.add_parser("export", help="export a sweep's calls, runs, quality scores and summaries "
+                                           "(config_summary, stage_summary and the report's summary.json)")
     export.add_argument("--sweep", default="latest", help="sweep id or 'latest'")
     export.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
     export.add_argument("--out", help="folder (default: <report folder>/<sweep>/export)")
@@ -101,22 +102,20 @@ def _compare(args, settings) -> int:
 
 
 def format_comparison(result: SweepComparison) -> str:
-    """The comparison as a plain-text table (one line per config) and a verdict line."""
+    """The comparison as a plain-text table (one line per config and measure) and a verdict line."""
     from tr111.report.formatting import number, pvalue, signed_pct
 
-    def means(change) -> str:
-        return number(change.baseline_mean) + " -> " + number(change.candidate_mean)
-
-    head = (f"{'config':<28} {'throughput tok/s (before -> now)':>34} {'change':>9} {'p':>8}   "
-            f"{'warm TTFT ms (before -> now)':>30} {'change':>9} {'p':>8}  verdict")
+    head = f"{'config':<28} {'measure':<30} {'before -> now':>26} {'change':>9} {'p':>8}  verdict"
     lines = [f"baseline {result.baseline}  ->  candidate {result.candidate}  "
-             f"(regression: p < {result.alpha:g} and worse than {number(result.threshold_pct, 1)}%)", head,
-             "-" * len(head)]
+             f"(per stage, geometric means of run means; regression: p < {result.alpha:g} and worse than "
+             f"{number(result.threshold_pct, 1)}%)", head, "-" * len(head)]
     for r in result.rows:
-        t, w = r.tps, r.warm
-        verdict = "REGRESSION" if r.regression else "improvement" if r.improvement else "ok"
-        lines.append(f"{r.config_id:<28} {means(t):>34} {signed_pct(t.change_pct):>9} {pvalue(t.p_value):>8}   "
-                     f"{means(w):>30} {signed_pct(w.change_pct):>9} {pvalue(w.p_value):>8}  {verdict}")
+        for c in r.changes:
+            verdict = "REGRESSION" if c.regression else "improvement" if c.improvement else "ok"
+            means = number(c.baseline_mean) + " -> " + number(c.candidate_mean)
+            measure = f"{c.measure.name}, {c.measure.unit}"
+            lines.append(f"{r.config_id:<28} {measure:<30} {means:>26} {signed_pct(c.change_pct):>9} "
+                         f"{pvalue(c.p_value):>8}  {verdict}")
     for label, names in (("only in baseline", result.only_baseline), ("only in candidate", result.only_candidate)):
         if names:
             lines.append(f"{label}: {', '.join(names)}")

@@ -69,6 +69,7 @@ class CallResult:
     status: str = "ok"
     error: str | None = None
     gpu: dict = field(default_factory=dict)  # gpu_* columns when telemetry ran
+    host: dict = field(default_factory=dict)  # host_* columns: what the host did meanwhile
 
     @property
     def throughput_tps(self) -> float | None:
@@ -82,5 +83,5 @@ class CallResult:
             "options": self.options, "started_at": self.started_at,
             "ttft_ms": self.ttft_ms, "wall_ms": self.wall_ms, "chunks": self.chunks,
             "status": self.status, "error": self.error,
-            "throughput_tps": self.throughput_tps, "gpu": self.gpu, **server,
+            "throughput_tps": self.throughput_tps, "gpu": self.gpu, "host": self.host, **server,
         }

@@ -1,8 +1,11 @@
-"""Parameter sensitivity, main effects and interactions (report sections 6.x).
+"""Parameter sensitivity, main effects and interactions (report sections 6.x), per measure.
 
-Observations are run means (runs are the replicates), the baseline is not a
-level of any factor, throughput uses every successful call and TTFT only warm
-calls. Every "significant" comes from an ANOVA p-value below ALPHA.
+Observations are the logs of run means (runs are the replicates; effects on
+times and rates are multiplicative), one measure = one metric at one stage
+(tr111.report.metrics), the baseline is not a level of any factor, and TTFT
+uses only warm calls of configs whose prompt was not truncated. Level and
+cell means are geometric means. Every "significant" comes from an ANOVA
+p-value below ALPHA.
 """
 
 from __future__ import annotations
@@ -11,12 +14,9 @@ import itertools
 from typing import Any
 
 from tr111.report import queries
+from tr111.report.metrics import MEASURES
 from tr111.stats.inference import ALPHA, Anova, Cell, anova_cells, cell_summary, level_table, merge_cells
 
-METRICS = (
-    {"key": "tps", "name": "throughput", "label": "Throughput", "unit": "tok/s", "higher_is_better": True},
-    {"key": "warm", "name": "warm TTFT", "label": "Warm TTFT", "unit": "ms", "higher_is_better": False},
-)
 PARAM_LABELS = {"num_gpu": "GPU layers (num_gpu)", "num_ctx": "Context size (num_ctx)",
                 "temperature": "Temperature (temperature)"}
 
@@ -44,22 +44,14 @@ def _term_dict(term) -> dict:
             "partial_eta_sq": term.partial_eta_sq}
 
 
-def _anova_dict(result: Anova, metric: dict) -> dict:
-    return {"metric": metric, "tested": result.tested, "n_obs": result.n_obs, "factors": result.factors,
+def _anova_dict(result: Anova, measure, excluded: list[str]) -> dict:
+    return {"metric": measure, "tested": result.tested, "n_obs": result.n_obs, "factors": result.factors,
             "dropped": result.dropped, "order": result.order, "df_resid": result.df_resid,
             "ss_resid": result.ss_resid, "r_squared": result.r_squared, "note": result.note,
-            "terms": [_term_dict(t) for t in result.terms],
+            "excluded": excluded, "terms": [_term_dict(t) for t in result.terms],
             "main": [_term_dict(t) for t in result.main_effects],
             "interactions": [_term_dict(t) for t in result.interactions],
             "significant": [t.term for t in result.terms if t.significant]}
-
-
-def _levels(cells: list[Cell], index: int) -> dict[Any, dict]:
-    out = {}
-    for level, pooled in level_table(cells, index):
-        n_configs = sum(1 for c in cells if c.levels[index] == level)
-        out[level] = {"summary": cell_summary(pooled), "configs": n_configs}
-    return out
 
 
 def _delta(level_means: list[float]) -> tuple[float | None, float | None]:
@@ -70,54 +62,54 @@ def _delta(level_means: list[float]) -> tuple[float | None, float | None]:
     return high - low, ((high - low) / abs(low) * 100.0 if low else None)
 
 
-def parameter_effects(configs: list[dict], runs: dict[str, dict], matrix: dict,
+def truncated_configs(entries: list[dict], stage: str) -> list[str]:
+    """Configs with a truncated prompt at ``stage``: left out of TTFT effects (a shorter prompt)."""
+    return [e["config_id"] for e in entries if e["stages"][stage]["truncated"]]
+
+
+def parameter_effects(configs: list[dict], runs: dict[str, dict], matrix: dict, entries: list[dict],
                       max_order: int = 3) -> dict:
-    """Sensitivity per parameter, the ANOVA of each metric, and two-way cell-mean tables."""
+    """Sensitivity per parameter, the ANOVA of each measure, and two-way cell-mean tables."""
     factors = swept_factors(matrix, configs)
     out: dict[str, Any] = {"factors": factors, "anova": {}, "sensitivity": [], "pairs": [],
-                           "alpha": ALPHA}
-    cell_sets = {m["key"]: queries.cells(configs, runs, m["key"], factors) for m in METRICS}
+                           "alpha": ALPHA, "measures": MEASURES}
     if not factors:
         return out
+    excluded = {m.key: truncated_configs(entries, m.stage) if m.metric.same_prompt else [] for m in MEASURES}
+    cell_sets = {m.key: queries.cells(configs, runs, m.key, factors, set(excluded[m.key])) for m in MEASURES}
     results = {}
-    for metric in METRICS:
-        result = anova_cells(cell_sets[metric["key"]], factors, metric["name"], max_order=max_order)
-        results[metric["key"]] = result
-        out["anova"][metric["key"]] = _anova_dict(result, metric)
+    for m in MEASURES:
+        result = anova_cells(cell_sets[m.key], factors, m.name, max_order=max_order)
+        results[m.key] = result
+        out["anova"][m.key] = _anova_dict(result, m, excluded[m.key])
     for i, factor in enumerate(factors):
-        per_metric = {m["key"]: _levels(cell_sets[m["key"]], i) for m in METRICS}
-        levels = sorted(set().union(*[set(v) for v in per_metric.values()]), key=_sort_key)
+        levels = sorted({c["levels"].get(factor) for c in configs if not c["is_baseline"]} - {None},
+                        key=_sort_key)
         rows = []
-        for level in levels:
-            row = {"level": level}
-            for m in METRICS:
-                entry = per_metric[m["key"]].get(level)
-                row[m["key"]] = entry["summary"] if entry else None
-                row["configs"] = max(row.get("configs", 0), entry["configs"] if entry else 0)
-            rows.append(row)
-        item = {"parameter": factor, "label": param_label(factor), "levels": rows, "effects": {}}
-        for m in METRICS:
-            means = [r[m["key"]].mean for r in rows if r[m["key"]] is not None and r[m["key"]].mean is not None]
-            delta, pct = _delta(means)
-            term = results[m["key"]].term(factor)
-            best = None
-            if means:
-                pick = max if m["higher_is_better"] else min
-                best = pick((r for r in rows if r[m["key"]] is not None and r[m["key"]].mean is not None),
-                            key=lambda r: r[m["key"]].mean)["level"]
-            item["effects"][m["key"]] = {"delta": delta, "delta_pct": pct, "best_level": best,
-                                         "term": _term_dict(term) if term else None}
-        out["sensitivity"].append(item)
+        for m in MEASURES:
+            pooled = dict(level_table(cell_sets[m.key], i))
+            cells = [cell_summary(pooled[lv]) if lv in pooled else None for lv in levels]
+            measured = {lv: c.geo_mean for lv, c in zip(levels, cells) if c is not None and c.geo_mean is not None}
+            delta, pct = _delta(list(measured.values()))
+            pick = max if m.higher_is_better else min
+            best = pick(measured, key=measured.get) if measured else None
+            term = results[m.key].term(factor)
+            rows.append({"measure": m, "cells": cells, "delta": delta, "delta_pct": pct, "best_level": best,
+                         "term": _term_dict(term) if term else None})
+        configs_per_level = [sum(1 for c in configs if not c["is_baseline"] and c["levels"].get(factor) == lv)
+                             for lv in levels]
+        out["sensitivity"].append({"parameter": factor, "label": param_label(factor), "levels": levels,
+                                   "configs": configs_per_level, "rows": rows})
     for a, b in itertools.combinations(range(len(factors)), 2):
         out["pairs"].append(_pair(cell_sets, factors, a, b, results))
     return out
 
 
 def _pair(cell_sets: dict, factors: list[str], a: int, b: int, results: dict) -> dict:
-    """Mean of the run means per (level of a, level of b): the table behind an interaction."""
-    tables = {}
-    for m in METRICS:
-        cells = cell_sets[m["key"]]
+    """Geometric mean of the run means per (level of a, level of b): the table behind an interaction."""
+    tables = []
+    for m in MEASURES:
+        cells: list[Cell] = cell_sets[m.key]
         rows_a = sorted({c.levels[a] for c in cells}, key=_sort_key)
         cols_b = sorted({c.levels[b] for c in cells}, key=_sort_key)
         grid = []
@@ -125,11 +117,10 @@ def _pair(cell_sets: dict, factors: list[str], a: int, b: int, results: dict) ->
             line = []
             for lb in cols_b:
                 group = [c for c in cells if c.levels[a] == la and c.levels[b] == lb]
-                line.append(merge_cells(group).mean if group else None)
+                line.append(cell_summary(merge_cells(group)).geo_mean if group else None)
             grid.append({"level": la, "values": line})
-        term = results[m["key"]].term(factors[a], factors[b])
-        tables[m["key"]] = {"rows": grid, "columns": cols_b,
-                            "term": _term_dict(term) if term else None}
+        term = results[m.key].term(factors[a], factors[b])
+        tables.append({"measure": m, "rows": grid, "columns": cols_b, "term": _term_dict(term) if term else None})
     return {"a": factors[a], "b": factors[b], "tables": tables}
 
 

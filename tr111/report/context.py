@@ -1,8 +1,9 @@
 """Build the report's context from the warehouse: every number comes from recorded rows.
 
-Aggregation happens in DuckDB (tr111.report.queries); the statistics on top
-(CIs, Welch, ANOVA) work on those aggregates (tr111.report.numeric). Nothing
-here imports Prefect, pandas, statsmodels or matplotlib.
+Aggregation happens in DuckDB (tr111.report.queries), per config and stage
+(tr111.report.metrics); the statistics on top (CIs, Welch, ANOVA) work on those
+aggregates (tr111.stats). Nothing here imports Prefect, pandas, statsmodels or
+matplotlib.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import duckdb
 
 from tr111.report import analysis, history, queries, scoring, sections
+from tr111.report.metrics import CHECKED, MEASURES, STAGE_PROMPTS, STAGES
+from tr111.report.recommend import by_config
 from tr111.report.summary import SweepComparison, SweepSummary, build_summary
 from tr111.warehouse.reader import sweep_row
 
@@ -27,7 +30,7 @@ class ReportContext:
     environment: dict
     configs: list[dict]
     entries: list[dict]
-    rankings: dict
+    rankings: list
     standing: dict
     population: dict
     effects: dict
@@ -53,8 +56,14 @@ class ReportContext:
         return self.entries
 
     def as_dict(self) -> dict:
+        """What the templates see: the fields, and the stage and measure registry."""
+        from tr111.report.formatting import TRUNCATED
+
         out = dict(self.__dict__)
-        out["aggregate"] = self.entries
+        out.update(aggregate=self.entries, stages=STAGES, stage_prompts=STAGE_PROMPTS, measures=MEASURES,
+                   checked=CHECKED, truncated_mark=TRUNCATED, tier_groups=by_config(self.recommendations),
+                   truncated_at={st: [e["config_id"] for e in self.entries if e["stages"][st]["truncated"]]
+                                 for st in STAGES})
         return out
 
 
@@ -104,7 +113,7 @@ def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str, *, threshold_pc
     configs = queries.configs(con, sweep_id, params)
     calls = queries.call_stats(con, sweep_id)
     runs = queries.run_stats(con, sweep_id)
-    items = sections.entries(configs, calls, runs)
+    items = sections.entries(configs, calls, queries.stage_stats(con, sweep_id), runs)
 
     extra = list(extra_scores or [])
     if score_missing:
@@ -119,14 +128,13 @@ def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str, *, threshold_pc
     counts["calls_stat"] = sum(e["calls"] for e in items)
     counts["cold_calls"] = sum(e["cold_calls"] for e in items)
     counts["total_tokens"] = sum(e["total_tokens"] or 0 for e in items)
+    counts["truncated_configs"] = [e["config_id"] for e in items if e["truncated"]]
 
     ctx = ReportContext(
         sweep=sweep, matrix=matrix, environment=environment(sweep, configs), configs=configs,
-        entries=items, rankings=sections.rankings(items),
-        standing={"tps": sections.standing(items, "tps", descending=True),
-                  "ttft_warm": sections.standing(items, "ttft_warm", descending=False)},
+        entries=items, rankings=sections.rankings(items), standing=sections.standing(items),
         population=sections.populations(items),
-        effects=analysis.parameter_effects(configs, runs, matrix),
+        effects=analysis.parameter_effects(configs, runs, matrix, items),
         chimera=sections.chimera(items), quality=quality,
         gpu=sections.gpu_rows(queries.gpu_stats(con, sweep_id), items),
         recommendations=sections.recommendations(items),
@@ -147,29 +155,35 @@ def findings(ctx: ReportContext) -> dict[str, Any]:
     """The executive summary's key findings, as values (the template words them)."""
     pop = ctx.population
     baseline = next((e for e in ctx.entries if e["is_baseline"]), None)
-    measured = [e for e in ctx.entries if e["tps"].n]
-    cold_means = [e["ttft_cold"].mean for e in ctx.entries if e["ttft_cold"].mean is not None]
-    warm_means = [e["ttft_warm"].mean for e in ctx.entries if e["ttft_warm"].mean is not None]
-    tps_cvs = [e["tps"].cv_pct for e in ctx.entries if e["tps"].cv_pct is not None]
-    warm_cvs = [e["ttft_warm"].cv_pct for e in ctx.entries if e["ttft_warm"].cv_pct is not None]
+    measured = [e for e in ctx.entries if e["calls"]]
     significant = {key: [t for t in a["main"] + a["interactions"] if t["significant"]]
                    for key, a in ctx.effects.get("anova", {}).items()}
+    per_stage = {}
+    for stage in STAGES:
+        st = [e["stages"][stage] for e in ctx.entries]
+        cold = [s["ttft_cold"].geo_mean for s in st if s["ttft_cold"].geo_mean is not None]
+        warm = [s["ttft"].geo_mean for s in st if s["ttft"].geo_mean is not None]
+        per_stage[stage] = {
+            "cold_mean": _mean(cold), "warm_mean": _mean(warm),
+            "decode_cv": _range([s["decode"].cv_pct for s in st if s["decode"].cv_pct is not None]),
+            "warm_cv": _range([s["ttft"].cv_pct for s in st if s["ttft"].cv_pct is not None]),
+            "overhead": _range([s["overhead_ms"] for s in st if s["overhead_ms"] is not None]),
+        }
+    spreads = {m.key: sections.spread_pct(pop[m.key].min, pop[m.key].max) for m in MEASURES}
+    spreads["study_tps"] = sections.spread_pct(pop["study_tps"].min, pop["study_tps"].max)
+    spreads["study_ttft"] = sections.spread_pct(pop["study_ttft"].min, pop["study_ttft"].max)
+    others = {m.key: _mean([sections.value(e, m).geo_mean for e in sections.comparable(ctx.entries, m)[0]
+                            if not e["is_baseline"]]) for m in MEASURES}
     return {
-        "tps_spread_pct": sections.spread_pct(pop["tps"].min, pop["tps"].max),
-        "warm_spread_pct": sections.spread_pct(pop["ttft_warm"].min, pop["ttft_warm"].max),
-        "best_tps": ctx.rankings["throughput"][0]["entry"] if ctx.rankings["throughput"] else None,
-        "best_ttft": ctx.rankings["ttft"][0]["entry"] if ctx.rankings["ttft"] else None,
+        "others": others, "prompt_tokens": {st: _range([e["stages"][st]["prompt_tokens"] for e in measured
+                                                        if e["stages"][st]["prompt_tokens"] is not None])
+                                            for st in STAGES},
+        "spread_pct": spreads, "winners": by_config([t for t in ctx.recommendations if t.key.startswith("best_")]),
         "baseline": baseline, "measured": len(measured),
-        "baseline_rank_tps": ctx.standing["tps"].get(baseline["config_id"]) if baseline else None,
-        "baseline_rank_ttft": ctx.standing["ttft_warm"].get(baseline["config_id"]) if baseline else None,
-        "ranked_tps": len(ctx.standing["tps"]), "ranked_ttft": len(ctx.standing["ttft_warm"]),
-        "cold_mean": sum(cold_means) / len(cold_means) if cold_means else None,
-        "warm_mean": sum(warm_means) / len(warm_means) if warm_means else None,
-        "tps_cv_range": (min(tps_cvs), max(tps_cvs)) if tps_cvs else None,
-        "warm_cv_range": (min(warm_cvs), max(warm_cvs)) if warm_cvs else None,
-        "significant": significant,
-        "others_tps_mean": _mean([e["tps"].mean for e in ctx.entries if not e["is_baseline"]]),
-        "others_warm_mean": _mean([e["ttft_warm"].mean for e in ctx.entries if not e["is_baseline"]]),
+        "baseline_rank": {m.key: (ctx.standing[m.key].get(baseline["config_id"]), len(ctx.standing[m.key]))
+                          for m in CHECKED} if baseline else {},
+        "stages": per_stage, "significant": significant,
+        "truncated": [e for e in ctx.entries if e["truncated"]],
         "tokens_range": _range([e["total_tokens"] for e in measured if e["total_tokens"] is not None]),
     }
 
@@ -201,16 +215,22 @@ def limitations(ctx: ReportContext) -> list[str]:
     if ctx.counts.get("cold_calls"):
         out.append(f"{ctx.counts['cold_calls']} cold call(s) paid a model load; they are excluded "
                    "from warm TTFT and shown separately, so warm TTFT describes a loaded model only.")
+    out.append("TTFT depends on the prompt: the analysis and the report call are reported apart, and "
+               "within a stage the prompts of different configs differ by their run-unique nonce and, for "
+               "the report call, by the analysis each model wrote; prefill rate (tok/s) is the "
+               "prompt-independent comparison.")
     if ctx.counts.get("calls_error") or ctx.counts["runs"] - ctx.counts["runs_ok"]:
         out.append(f"{ctx.counts.get('calls_error', 0)} failed call attempt(s) and "
                    f"{ctx.counts['runs'] - ctx.counts['runs_ok']} failed run(s) are excluded from the "
                    "statistics (listed in the runs and faults section).")
     if ctx.counts.get("truncated"):
         out.append(f"{ctx.counts['truncated']} call(s) had their prompt truncated by the server's "
-                   "context window: those configs answered a shorter prompt than the others.")
+                   "context window (" + ", ".join(ctx.counts["truncated_configs"]) + "): those configs "
+                   "answered a shorter prompt than the others, so their TTFT is not ranked, tested or "
+                   "recommended; compare their prefill rate instead.")
     for key, result in ctx.effects.get("anova", {}).items():
         if result.get("note"):
-            out.append(f"ANOVA of {result['metric']['name']}: {result['note']}.")
+            out.append(f"ANOVA of {result['metric'].name}: {result['note']}.")
     if ctx.gpu is None:
         out.append("No GPU telemetry was recorded: memory, utilisation, power and energy are not reported.")
     if not ctx.regressions.previous:

@@ -1,7 +1,8 @@
 """The one place numbers become text: the report's filters, the artifacts and ``tr111 compare``.
 
 Every output prints a p-value, an interval or a change the same way because
-they all call these; a value that is missing or not finite prints "n/a".
+they all call these; a value that is missing or not finite prints "n/a", an
+interval of fewer than summary.MIN_N_CI observations "n too small".
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import math
 from typing import Any
 
 NA = "n/a"
+TOO_SMALL = "n too small"
+TRUNCATED = "⚠ truncated"  # beside a config whose prompt the server cut (a footnote says what it means)
 P_FLOOR = 0.0001  # below this a p-value prints as "< 0.0001"
 
 
@@ -65,8 +68,13 @@ def verdict(value: Any, alpha: float = 0.05) -> str:
     return "significant" if value < alpha else "not significant"
 
 
-def interval(bounds: Any, digits: int = 2) -> str:
-    """A (low, high) pair as "[a, b]"; "n/a" when either end is missing."""
+def interval(bounds: Any, digits: int = 2, n: Any = None) -> str:
+    """A (low, high) pair as "[a, b]"; "n too small" when ``n`` is given and below MIN_N_CI,
+    "n/a" when either end is missing."""
+    from tr111.stats.summary import MIN_N_CI
+
+    if isinstance(n, int) and not isinstance(n, bool) and n < MIN_N_CI:
+        return TOO_SMALL
     low, high = bounds if bounds is not None else (None, None)
     if not (_finite(low) and _finite(high)):
         return NA
@@ -74,8 +82,25 @@ def interval(bounds: Any, digits: int = 2) -> str:
 
 
 def ci(summary: Any, digits: int = 2) -> str:
-    """The 95% CI of a DistributionSummary (or anything with ci95_low / ci95_high)."""
-    return interval((getattr(summary, "ci95_low", None), getattr(summary, "ci95_high", None)), digits)
+    """The 95% CI of a DistributionSummary (the geometric mean's, log_t_ci), or "n too small"."""
+    return interval((getattr(summary, "ci95_low", None), getattr(summary, "ci95_high", None)), digits,
+                    getattr(summary, "n", None))
+
+
+def pct_interval(comparison: Any, digits: int = 1) -> str:
+    """The CI of a log-scale comparison's change, in percent: "[-9.1%, -6.9%]"."""
+    low, high = getattr(comparison, "ci95_low", None), getattr(comparison, "ci95_high", None)
+    if not (_finite(low) and _finite(high)):
+        return NA
+    return f"[{signed_pct(low, digits)}, {signed_pct(high, digits)}]"
+
+
+def geo(summary: Any, digits: int = 2) -> str:
+    """A summary's geometric mean with its interval: "84.12 [83.01, 85.26]"."""
+    value = getattr(summary, "geo_mean", None)
+    if value is None:
+        return NA
+    return f"{number(value, digits)} {ci(summary, digits)}"
 
 
 def level(value: Any) -> str:
@@ -93,29 +118,29 @@ def cell(value: Any) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
 
 
-def change_verdict(row: Any, threshold_pct: float, alpha: float) -> str:
-    """The verdict cell of one config in a sweep comparison."""
-    if row.regression:
+def change_verdict(change: Any) -> str:
+    """The verdict cell of one config and measure in a sweep comparison."""
+    if change.regression:
         return "**REGRESSION**"
-    if row.improvement:
+    if change.improvement:
         return "improvement"
-    return f"no change beyond {number(threshold_pct, 1)}% at p < {alpha:g}"
+    return "no change"
 
 
 def regression_table(comparison: Any) -> str:
-    """The regression check as a markdown table (the report's section 11 and the artifact)."""
-    lines = ["| Configuration | Throughput before → now (tok/s) | Δ% | p | Warm TTFT before → now (ms) "
-             "| Δ% | p | Verdict |", "|---|---|---|---|---|---|---|---|"]
+    """The regression check as a markdown table, one row per config and measure (the report's
+    section 11 and the artifact); means are geometric means of run means."""
+    lines = ["| Configuration | Measure | Before → now | Δ% | p | Verdict |", "|---|---|---|---|---|---|"]
     for row in comparison.rows:
-        cells = [f"`{row.config_id}`"]
-        for change in (row.tps, row.warm):
-            cells += [f"{number(change.baseline_mean)} → {number(change.candidate_mean)}",
-                      signed(change.change_pct), pvalue(change.p_value)]
-        cells.append(change_verdict(row, comparison.threshold_pct, comparison.alpha))
-        lines.append("| " + " | ".join(cells) + " |")
+        for change in row.changes:
+            m = change.measure
+            lines.append(f"| `{row.config_id}` | {m.label}, {m.unit} | {number(change.baseline_mean)} → "
+                         f"{number(change.candidate_mean)} | {signed(change.change_pct)} | "
+                         f"{pvalue(change.p_value)} | {change_verdict(change)} |")
     return "\n".join(lines)
 
 
 FILTERS = {"fmt": number, "cell": cell, "pval": pvalue, "peq": p_prose, "verdict": verdict, "ci": ci,
-           "interval": interval, "level": level, "signed": signed, "regression_table": regression_table,
+           "interval": interval, "pct_interval": pct_interval, "geo": geo, "level": level, "signed": signed,
+           "signed_pct": signed_pct, "regression_table": regression_table,
            "from_json": lambda text: json.loads(text or "{}")}

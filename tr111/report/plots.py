@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from tr111.report.formatting import level
+from tr111.report.metrics import METRICS, STAGES
 
 DPI = 100
-BASE_COLOR, OTHER_COLOR, COLD_COLOR = "#d62728", "#1f77b4", "#ff7f0e"
 
 
 def _figure(width: float, height: float, rows: int = 1, cols: int = 1):
@@ -26,17 +26,12 @@ def _figure(width: float, height: float, rows: int = 1, cols: int = 1):
     return fig, axes
 
 
-def _err(summary) -> tuple[float, float]:
-    if summary is None or summary.mean is None or summary.ci95_low is None:
-        return 0.0, 0.0
-    return summary.mean - summary.ci95_low, summary.ci95_high - summary.mean
-
-
 def _save(fig, path: Path, *, left: float = 0.1, right: float = 0.97, top: float = 0.9,
           bottom: float = 0.12, **spacing: float) -> str:
     # fixed margins instead of tight_layout, which draws every figure twice
     fig.subplots_adjust(left=left, right=right, top=top, bottom=bottom, **spacing)
     fig.savefig(path, format="png")
+    fig.clear()  # a figure is a web of cycles: break it so the next plot reuses the memory (peak RSS)
     return path.name
 
 
@@ -46,99 +41,136 @@ def _label_margin(labels: list[str], width_in: float) -> float:
     return min(0.5, (0.25 + longest * 0.065) / width_in)
 
 
-def throughput(entries: list[dict], path: Path) -> str | None:
-    items = [e for e in entries if e["tps"].mean is not None]
+STAGE_COLORS = {"analysis": "#1f77b4", "report": "#2ca02c"}
+PART_COLORS = (("load_ms", "load", "#ff7f0e"), ("prefill_ms", "prefill", "#1f77b4"),
+               ("overhead_ms", "client overhead", "#9467bd"))
+
+
+def _geo_err(summary) -> tuple[float, float]:
+    """Error bar lengths of a geometric mean's interval (asymmetric, never below zero)."""
+    if summary is None or summary.geo_mean is None or summary.ci95_low is None:
+        return 0.0, 0.0
+    return summary.geo_mean - summary.ci95_low, summary.ci95_high - summary.geo_mean
+
+
+def rates(entries: list[dict], path: Path) -> str | None:
+    """Decode (left) and prefill (right) rate per config, one bar per stage, 95% log-scale CI."""
+    items = [e for e in entries if any(e["stages"][s]["decode"].geo_mean is not None for s in STAGES)]
     if not items:
         return None
-    fig, axes = _figure(8, 0.9 + 0.32 * len(items))
-    ax = axes[0][0]
-    y = list(range(len(items)))[::-1]
-    errs = [_err(e["tps"]) for e in items]
-    ax.barh(y, [e["tps"].mean for e in items], xerr=[[a for a, _ in errs], [b for _, b in errs]],
-            color=[BASE_COLOR if e["is_baseline"] else OTHER_COLOR for e in items], capsize=3)
-    ax.set_yticks(y, [e["config_id"] for e in items], fontsize=8)
-    ax.set_xlabel("mean throughput, tok/s (bars: 95% CI, t)")
-    low = min(e["tps"].ci95_low if e["tps"].ci95_low is not None else e["tps"].mean for e in items)
-    high = max(e["tps"].ci95_high if e["tps"].ci95_high is not None else e["tps"].mean for e in items)
-    pad = (high - low) * 0.15 or abs(high) * 0.05 or 1.0
-    ax.set_xlim(max(0.0, low - pad), high + pad)
-    ax.set_title("Throughput per config (baseline in red)")
-    ax.grid(axis="x", alpha=0.3)
-    height = 0.9 + 0.32 * len(items)
-    return _save(fig, path, left=_label_margin([e["config_id"] for e in items], 8), top=1 - 0.35 / height,
-                 bottom=0.55 / height)
+    height = 1.0 + 0.45 * len(items)
+    fig, axes = _figure(11, height, 1, 2)
+    bar = 0.8 / len(STAGES)
+    for ax, key, label in zip(axes[0], ("decode", "prefill"), ("decode rate, tok/s", "prefill rate, tok/s")):
+        for k, stage in enumerate(STAGES):
+            y = [len(items) - 1 - i - (k - (len(STAGES) - 1) / 2) * bar for i in range(len(items))]
+            values = [e["stages"][stage][key].geo_mean for e in items]
+            errs = [_geo_err(e["stages"][stage][key]) for e in items]
+            ax.barh(y, [v if v is not None else float("nan") for v in values], height=bar, capsize=2,
+                    color=STAGE_COLORS[stage], label=stage, xerr=[[a for a, _ in errs], [b for _, b in errs]])
+        ax.set_xlabel(f"geometric mean {label} (bars: 95% CI)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+    labels = [e["config_id"] + (" (baseline)" if e["is_baseline"] else "") for e in items]
+    axes[0][0].set_yticks(list(range(len(items)))[::-1], labels, fontsize=8)
+    axes[0][1].set_yticks(list(range(len(items)))[::-1], [""] * len(items))
+    fig.suptitle("Decode and prefill rate per config and stage", fontsize=10)
+    return _save(fig, path, left=_label_margin(labels, 11), top=1 - 0.4 / height, bottom=0.55 / height,
+                 wspace=0.08)
 
 
 def ttft(entries: list[dict], path: Path) -> str | None:
-    items = [e for e in entries if e["ttft_warm"].mean is not None or e["ttft_cold"].mean is not None]
+    """Mean warm TTFT per config, one panel per stage, stacked as load + prefill + client overhead."""
+    items = [e for e in entries if any(e["stages"][s]["ttft"].n for s in STAGES)]
     if not items:
         return None
-    fig, axes = _figure(8, 1.0 + 0.45 * len(items))
-    ax = axes[0][0]
-    height = 0.38
-    for offset, key, color, label in ((height / 2, "ttft_warm", OTHER_COLOR, "warm"),
-                                      (-height / 2, "ttft_cold", COLD_COLOR, "cold")):
-        y = [len(items) - 1 - i + offset for i in range(len(items))]
-        values = [e[key].mean if e[key].mean is not None else float("nan") for e in items]
-        errs = [_err(e[key]) for e in items]
-        ax.barh(y, values, height=height, color=color, label=label, capsize=2,
-                xerr=[[a for a, _ in errs], [b for _, b in errs]])
-    ax.set_yticks(list(range(len(items)))[::-1], [e["config_id"] for e in items], fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("mean TTFT, ms (log scale; bars: 95% CI, t)")
-    ax.set_title("Time to first token per config: warm vs cold calls")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    height = 1.0 + 0.45 * len(items)
-    return _save(fig, path, left=_label_margin([e["config_id"] for e in items], 8), top=1 - 0.35 / height,
-                 bottom=0.55 / height)
+    height = 1.0 + 0.32 * len(items)
+    fig, axes = _figure(11, height, 1, len(STAGES))
+    y = list(range(len(items)))[::-1]
+    for ax, stage in zip(axes[0], STAGES):
+        left = [0.0] * len(items)
+        for key, label, color in PART_COLORS:
+            part = [max(e["stages"][stage][key] or 0.0, 0.0) for e in items]
+            ax.barh(y, part, left=left, color=color, label=label)
+            left = [a + b for a, b in zip(left, part)]
+        means = [e["stages"][stage]["ttft"].mean for e in items]
+        ax.plot([m if m is not None else float("nan") for m in means], y, "k|", markersize=10,
+                label="mean warm TTFT")
+        truncated = [e["config_id"] for e in items if e["stages"][stage]["truncated"]]
+        ax.set_title(f"{stage} call" + (" (⚠ truncated: " + ", ".join(truncated) + ")" if truncated else ""),
+                     fontsize=9)
+        ax.set_xlabel("warm TTFT, ms (arithmetic means)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, [e["config_id"] for e in items], fontsize=8)
+    for ax in axes[0][1:]:
+        ax.set_yticks(y, [""] * len(items))
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    fig.suptitle("Warm time to first token: load + prefill + client overhead", fontsize=10)
+    return _save(fig, path, left=_label_margin([e["config_id"] for e in items], 11), right=0.87,
+                 top=1 - 0.55 / height, bottom=0.55 / height, wspace=0.08)
 
 
 def sensitivity(item: dict, path: Path) -> str | None:
-    fig, axes = _figure(9, 3.4, 1, 2)
+    """Level geometric means of decode rate and warm TTFT (one panel each; prefill rate is in the
+    tables), one line per stage, 95% CI."""
+    shown = [m for m in METRICS if m.key != "prefill"]
+    fig, axes = _figure(9, 3.4, 1, len(shown))
     drawn = False
-    for ax, (key, label) in zip(axes[0], (("tps", "throughput, tok/s"), ("warm", "warm TTFT, ms"))):
-        rows = [r for r in item["levels"] if r[key] is not None and r[key].mean is not None]
-        if not rows:
-            ax.set_visible(False)
-            continue
-        drawn = True
-        x = list(range(len(rows)))
-        errs = [_err(r[key]) for r in rows]
-        ax.errorbar(x, [r[key].mean for r in rows], yerr=[[a for a, _ in errs], [b for _, b in errs]],
-                    marker="o", capsize=4, color=OTHER_COLOR)
-        ax.set_xticks(x, [level(r["level"]) for r in rows])
+    x = list(range(len(item["levels"])))
+    for ax, metric in zip(axes[0], shown):
+        rows = [r for r in item["rows"] if r["measure"].metric is metric]
+        for r in rows:
+            points = [(i, c) for i, c in enumerate(r["cells"]) if c is not None and c.geo_mean is not None]
+            if not points:
+                continue
+            drawn = True
+            errs = [_geo_err(c) for _, c in points]
+            term = r["term"]
+            label = r["measure"].stage + (f" (p={term['p_value']:.3g})" if term else "")
+            ax.errorbar([i for i, _ in points], [c.geo_mean for _, c in points], capsize=4, marker="o",
+                        yerr=[[a for a, _ in errs], [b for _, b in errs]], label=label,
+                        color=STAGE_COLORS[r["measure"].stage])
+        ax.set_xticks(x, [level(v) for v in item["levels"]])
         ax.set_xlabel(item["parameter"])
-        ax.set_ylabel(f"mean of run means, {label}")
-        term = item["effects"][key]["term"]
-        ax.set_title(f"{label.split(',')[0]}: " + (f"F={term['f_value']:.2f}, p={term['p_value']:.3g}"
-                                                  if term else "no ANOVA term"), fontsize=9)
+        ax.set_title(f"{metric.name}, {metric.unit}", fontsize=9)
         ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     if not drawn:
         return None
-    fig.suptitle(f"Sensitivity to {item['parameter']} (baseline excluded; bars: 95% CI)", fontsize=10)
-    return _save(fig, path, left=0.09, right=0.98, top=0.84, bottom=0.15, wspace=0.3)
+    fig.suptitle(f"Sensitivity to {item['parameter']} (geometric means of run means; baseline excluded; "
+                 "bars: 95% CI)", fontsize=10)
+    return _save(fig, path, left=0.08, right=0.98, top=0.84, bottom=0.15, wspace=0.3)
 
 
 def trend(trend_data: dict, path: Path) -> str | None:
+    """Decode rate and warm TTFT per config over the sweeps: one colour per config, the analysis
+    call solid and the report call dashed."""
     if not trend_data.get("available"):
         return None
     sweeps = trend_data["sweeps"]
-    fig, axes = _figure(11, 6, 2, 1)
-    for ax, (key, label) in zip((axes[0][0], axes[1][0]), (("tps", "mean throughput, tok/s"),
-                                                           ("warm", "mean warm TTFT, ms"))):
+    measures = trend_data["measures"]
+    metrics = list(dict.fromkeys(m.metric for m in measures))
+    fig, axes = _figure(11, 6, len(metrics), 1)
+    colors: dict[str, Any] = {}
+    for ax, metric in zip([row[0] for row in axes], metrics):
         for config_id, series in trend_data["series"].items():
-            points = [(i, v) for i, v in zip(series["index"], series[key]) if v is not None]
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=config_id)
-        ax.set_ylabel(label)
+            for m in (m for m in measures if m.metric is metric):
+                points = series[m.key]
+                if points["values"]:
+                    line, = ax.plot(points["index"], points["values"], marker="o", markersize=3,
+                                    linestyle="-" if m.stage == STAGES[0] else "--", color=colors.get(config_id),
+                                    label=config_id if m.stage == STAGES[0] else None)
+                    colors.setdefault(config_id, line.get_color())
+        ax.set_ylabel(f"{metric.name}, {metric.unit}")
         ax.grid(alpha=0.3)
         ax.set_xticks(range(len(sweeps)), [_short(s["sweep_id"]) for s in sweeps], rotation=30,
                       fontsize=7, ha="right")
     if len(trend_data["series"]) <= 24:
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, fontsize=6, loc="center right", frameon=False)
-    axes[0][0].set_title("Nightly trend per config (sweeps of the same matrix and model)")
+    axes[0][0].set_title(f"Nightly trend per config (geometric means; {STAGES[0]} call solid, {STAGES[1]} "
+                         "call dashed)", fontsize=9)
     return _save(fig, path, left=0.08, right=0.76, top=0.95, bottom=0.12, hspace=0.45)
 
 
@@ -146,7 +178,7 @@ def _short(sweep_id: str) -> str:
     return sweep_id if len(sweep_id) <= 24 else sweep_id[:11] + "…" + sweep_id[-11:]
 
 
-PLOTS_VERSION = "2"  # bump when a plot's drawing code changes: cached PNGs are redrawn
+PLOTS_VERSION = "3"  # bump when a plot's drawing code changes: cached PNGs are redrawn
 
 
 def write_plots(ctx, folder: Path) -> dict[str, Any]:
@@ -176,15 +208,17 @@ def write_plots(ctx, folder: Path) -> dict[str, Any]:
             fresh[filename] = digest
         return name
 
-    def series(key):
-        return [(e["config_id"], e["is_baseline"], e[key]) for e in ctx.entries]
+    def series(*keys):
+        return [(e["config_id"], e["is_baseline"], [[e["stages"][s][k] for k in keys] for s in STAGES])
+                for e in ctx.entries]
 
     out: dict[str, Any] = {
-        "throughput": cached("throughput.png", series("tps"), lambda t: throughput(ctx.entries, t)),
-        "ttft": cached("ttft_cold_warm.png", (series("ttft_warm"), series("ttft_cold")),
+        "rates": cached("rates_per_stage.png", series("decode", "prefill"), lambda t: rates(ctx.entries, t)),
+        "ttft": cached("ttft_per_stage.png", series("ttft", "load_ms", "prefill_ms", "overhead_ms", "truncated"),
                        lambda t: ttft(ctx.entries, t)),
         "sensitivity": {},
-        "trend": cached("trend.png", (ctx.trend.get("sweeps"), ctx.trend.get("series")),
+        "trend": cached("trend.png", ([(s["sweep_id"], s.get("means")) for s in ctx.trend.get("sweeps", [])],
+                                      ctx.trend.get("series")),
                         lambda t: trend(ctx.trend, t)),
     }
     for item in ctx.effects.get("sensitivity", []):

@@ -1,9 +1,10 @@
 """SQL behind the report: DuckDB aggregates per config, so no raw call rows reach Python.
 
 Statistics read the ``stat_calls`` view (successful analysis/report calls of
-each run's latest execution; warm-up calls are not in it). TTFT is split by
-``llm_calls.is_cold`` (NULL counts as warm: a call nobody classified paid no
-known load).
+each run's latest execution; warm-up calls are not in it), per config and
+stage (tr111.report.metrics). TTFT is split by ``llm_calls.is_cold`` (NULL
+counts as warm: a call nobody classified paid no known load). Every positive
+quantity also gets the mean and sd of its logs, for its interval (log_t_ci).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from tr111.warehouse.reader import rows
 
 WARM = "NOT coalesce(is_cold, false)"
 COLD = "coalesce(is_cold, false)"
+TRUNCATED = "coalesce(truncated, false)"
+# prefill rate (tok/s, Ollama's "prompt eval rate") and the client's part of TTFT, per call
+PREFILL = ("(CASE WHEN prompt_eval_duration_ms > 0 THEN prompt_eval_count * 1000.0 / prompt_eval_duration_ms"
+           " END)")
+OVERHEAD = "(ttft_ms - load_duration_ms - prompt_eval_duration_ms)"
 GPU_COLUMNS = ("gpu_name", "gpu_mem_peak_mb", "gpu_util_mean_pct", "gpu_power_mean_w", "gpu_energy_j",
                "gpu_energy_source")
 COMPLETED = ("completed", "completed_with_errors")
@@ -34,17 +40,22 @@ def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
 
 
 def _dist(expr: str, prefix: str, where: str | None = None) -> str:
+    """count, mean, sd, p50, p95, min, max of ``expr``, and mean / sd of its logs when > 0."""
     flt = f" FILTER (WHERE {where})" if where else ""
+    log = f"ln(CASE WHEN {expr} > 0 THEN {expr} END)"
     return ", ".join([
         f"count({expr}){flt} AS {prefix}_n", f"avg({expr}){flt} AS {prefix}_mean",
         f"stddev_samp({expr}){flt} AS {prefix}_sd", f"quantile_cont({expr}, 0.5){flt} AS {prefix}_p50",
         f"quantile_cont({expr}, 0.95){flt} AS {prefix}_p95", f"min({expr}){flt} AS {prefix}_min",
-        f"max({expr}){flt} AS {prefix}_max"])
+        f"max({expr}){flt} AS {prefix}_max", f"count({log}){flt} AS {prefix}_npos",
+        f"avg({log}){flt} AS {prefix}_lmean", f"stddev_samp({log}){flt} AS {prefix}_lsd"])
 
 
 def _summary(row: dict, prefix: str) -> DistributionSummary:
+    positive = row[f"{prefix}_npos"] == row[f"{prefix}_n"]  # a geometric mean needs every value > 0
     return summary(row[f"{prefix}_n"], row[f"{prefix}_mean"], row[f"{prefix}_sd"], row[f"{prefix}_p50"],
-                   row[f"{prefix}_p95"], row[f"{prefix}_min"], row[f"{prefix}_max"])
+                   row[f"{prefix}_p95"], row[f"{prefix}_min"], row[f"{prefix}_max"],
+                   row[f"{prefix}_lmean"] if positive else None, row[f"{prefix}_lsd"] if positive else None)
 
 
 def configs(con: duckdb.DuckDBPyConnection, sweep_id: str, params: list[str]) -> list[dict]:
@@ -63,57 +74,91 @@ def configs(con: duckdb.DuckDBPyConnection, sweep_id: str, params: list[str]) ->
 
 
 def call_stats(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict[str, dict]:
-    """Per config: call-level distributions of throughput and TTFT (all / warm / cold)."""
+    """Per config, both stages pooled: counts and TR111's own figures (kept for comparison only).
+
+    ``study_tps`` is throughput over every call, ``study_ttft`` TTFT over every call
+    (cold included): the study's definitions, bimodal by construction.
+    """
     sql = f"""
         SELECT config_id, count(*) AS calls, count(DISTINCT run_number) AS runs,
-               sum(eval_count) AS total_tokens,
-               count(*) FILTER (WHERE {COLD}) AS cold_calls,
-               avg(load_duration_ms) FILTER (WHERE {COLD}) AS cold_load_ms,
-               avg(load_duration_ms) FILTER (WHERE {WARM}) AS warm_load_ms,
-               {_dist('throughput_tps', 'tps')}, {_dist('ttft_ms', 'ttft')},
-               {_dist('ttft_ms', 'warm', WARM)}, {_dist('ttft_ms', 'cold', COLD)}
+               sum(eval_count) AS total_tokens, count(*) FILTER (WHERE {COLD}) AS cold_calls,
+               count(*) FILTER (WHERE {TRUNCATED}) AS truncated,
+               {_dist('throughput_tps', 'tps')}, {_dist('ttft_ms', 'ttft')}
         FROM stat_calls WHERE sweep_id = ? GROUP BY config_id"""
     out = {}
     for r in rows(con, sql, [sweep_id]):
-        out[r["config_id"]] = {
-            "calls": r["calls"], "runs": r["runs"], "total_tokens": r["total_tokens"],
-            "cold_calls": r["cold_calls"], "cold_load_ms": r["cold_load_ms"],
-            "warm_load_ms": r["warm_load_ms"], "tps": _summary(r, "tps"), "ttft": _summary(r, "ttft"),
-            "ttft_warm": _summary(r, "warm"), "ttft_cold": _summary(r, "cold")}
+        out[r["config_id"]] = {key: r[key] for key in ("calls", "runs", "total_tokens", "cold_calls", "truncated")}
+        out[r["config_id"]].update(study_tps=_summary(r, "tps"), study_ttft=_summary(r, "ttft"))
     return out
 
 
-def run_stats(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict[str, dict]:
-    """Per config: run-level observations (mean of a run's calls) of throughput and warm TTFT.
+def stage_stats(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict[str, dict[str, dict]]:
+    """Per config and stage: decode and prefill rates, warm and cold TTFT, and warm TTFT's parts.
 
-    Runs are the independent replicates, so tests (ANOVA, Welch, regressions)
-    use these; ``*_ss`` is the sum of squared deviations of the run means.
+    The parts are arithmetic means over warm calls, so load + prefill + overhead
+    add up to the mean warm TTFT (overhead = TTFT - load - prefill: the client's own).
     """
     sql = f"""
-        WITH r AS (
-            SELECT config_id, run_number, avg(throughput_tps) AS tps,
-                   avg(ttft_ms) FILTER (WHERE {WARM}) AS warm
-            FROM stat_calls WHERE sweep_id = ? GROUP BY config_id, run_number)
-        SELECT config_id,
-               count(tps) AS tps_n, avg(tps) AS tps_mean, stddev_samp(tps) AS tps_sd,
-               var_pop(tps) * count(tps) AS tps_ss,
-               count(warm) AS warm_n, avg(warm) AS warm_mean, stddev_samp(warm) AS warm_sd,
-               var_pop(warm) * count(warm) AS warm_ss
-        FROM r GROUP BY config_id"""
-    out = {}
+        SELECT config_id, stage, count(*) AS calls, count(*) FILTER (WHERE {WARM}) AS warm_calls,
+               count(*) FILTER (WHERE {COLD}) AS cold_calls,
+               count(*) FILTER (WHERE {TRUNCATED}) AS truncated,
+               string_agg(DISTINCT truncation_reason, '; ') FILTER (WHERE {TRUNCATED}) AS truncation_reason,
+               avg(prompt_eval_count) AS prompt_tokens, avg(eval_count) AS eval_tokens,
+               avg(load_duration_ms) FILTER (WHERE {WARM}) AS load_ms,
+               avg(prompt_eval_duration_ms) FILTER (WHERE {WARM}) AS prefill_ms,
+               avg({OVERHEAD}) FILTER (WHERE {WARM}) AS overhead_ms,
+               avg(load_duration_ms) FILTER (WHERE {COLD}) AS cold_load_ms,
+               {_dist('throughput_tps', 'decode')}, {_dist(PREFILL, 'prefill')},
+               {_dist('ttft_ms', 'warm', WARM)}, {_dist('ttft_ms', 'cold', COLD)}
+        FROM stat_calls WHERE sweep_id = ? GROUP BY config_id, stage"""
+    out: dict[str, dict[str, dict]] = {}
+    scalars = ("calls", "warm_calls", "cold_calls", "truncated", "truncation_reason", "prompt_tokens",
+               "eval_tokens", "load_ms", "prefill_ms", "overhead_ms", "cold_load_ms")
     for r in rows(con, sql, [sweep_id]):
-        out[r["config_id"]] = {key: {"n": r[f"{key}_n"], "mean": r[f"{key}_mean"], "sd": r[f"{key}_sd"],
-                                     "ss": r[f"{key}_ss"] or 0.0} for key in ("tps", "warm")}
+        entry = {key: r[key] for key in scalars}
+        entry.update(decode=_summary(r, "decode"), prefill=_summary(r, "prefill"), ttft=_summary(r, "warm"),
+                     ttft_cold=_summary(r, "cold"))
+        out.setdefault(r["config_id"], {})[r["stage"]] = entry
     return out
 
 
-def cells(config_list: list[dict], runs: dict[str, dict], key: str, factors: list[str]) -> list[Cell]:
-    """One ANOVA cell per non-baseline config: its levels and its run-level n / mean / SS."""
+def run_stats(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict[str, dict[str, dict]]:
+    """Per config and measure key (metrics.Measure.key): the logs of the run means, summarised.
+
+    Runs are the independent replicates, so tests (ANOVA, Welch, regressions)
+    use these, on the log scale (tr111.stats.inference); ``mean``/``sd`` are of
+    ln(run mean), ``ss`` their sum of squared deviations, ``truncated`` counts the
+    stage's calls whose prompt was truncated.
+    """
+    parts = []
+    for key in ("decode", "prefill", "ttft"):
+        log = f"ln(CASE WHEN {key} > 0 THEN {key} END)"
+        parts.append(f"count({log}) AS {key}_n, avg({log}) AS {key}_mean, stddev_samp({log}) AS {key}_sd, "
+                     f"var_pop({log}) * count({log}) AS {key}_ss")
+    sql = f"""
+        WITH r AS (
+            SELECT config_id, stage, run_number, avg(throughput_tps) AS decode, avg({PREFILL}) AS prefill,
+                   avg(ttft_ms) FILTER (WHERE {WARM}) AS ttft, count(*) FILTER (WHERE {TRUNCATED}) AS truncated
+            FROM stat_calls WHERE sweep_id = ? GROUP BY config_id, stage, run_number)
+        SELECT config_id, stage, sum(truncated) AS truncated, {', '.join(parts)} FROM r GROUP BY config_id, stage"""
+    out: dict[str, dict[str, dict]] = {}
+    for r in rows(con, sql, [sweep_id]):
+        for key in ("decode", "prefill", "ttft"):
+            out.setdefault(r["config_id"], {})[f"{key}_{r['stage']}"] = {
+                "n": r[f"{key}_n"], "mean": r[f"{key}_mean"], "sd": r[f"{key}_sd"], "ss": r[f"{key}_ss"] or 0.0,
+                "truncated": int(r["truncated"] or 0)}
+    return out
+
+
+def cells(config_list: list[dict], runs: dict[str, dict], key: str, factors: list[str],
+          exclude: set[str] = frozenset()) -> list[Cell]:
+    """One ANOVA cell per non-baseline config (not in ``exclude``): levels and log run-mean n / mean / SS."""
     out = []
     for c in config_list:
         stats = runs.get(c["config_id"], {}).get(key)
         levels = tuple(c["levels"].get(f) for f in factors)
-        if c["is_baseline"] or not stats or not stats["n"] or any(v is None for v in levels):
+        if (c["is_baseline"] or c["config_id"] in exclude or not stats or not stats["n"]
+                or any(v is None for v in levels)):
             continue
         out.append(Cell(levels, int(stats["n"]), float(stats["mean"]), float(stats["ss"])))
     return out
@@ -149,11 +194,10 @@ def runs(con: duckdb.DuckDBPyConnection, sweep_id: str, limit: int) -> tuple[lis
                count(DISTINCT config_id) AS configs_run FROM runs WHERE sweep_id = ?""", [sweep_id])[0]
     calls = rows(con, f"""
         SELECT count(*) FILTER (WHERE status = 'ok') AS calls_ok,
-               count(*) FILTER (WHERE status = 'error') AS calls_error
-               {', count(*) FILTER (WHERE truncated) AS truncated' if 'truncated' in columns(con, 'llm_calls') else ''}
+               count(*) FILTER (WHERE status = 'error') AS calls_error,
+               count(*) FILTER (WHERE {TRUNCATED}) AS truncated
         FROM llm_calls WHERE sweep_id = ?""", [sweep_id])[0]
     counts.update(calls)
-    counts.setdefault("truncated", 0)
     where = "" if counts["runs"] <= limit else "AND status <> 'ok'"
     listed = rows(con, f"SELECT * FROM runs WHERE sweep_id = ? {where} ORDER BY started_at, config_id, "
                        f"run_number LIMIT {int(limit)}", [sweep_id])
@@ -196,13 +240,15 @@ def previous_sweep(con: duckdb.DuckDBPyConnection, sweep: dict) -> str | None:
 
 
 def trend(con: duckdb.DuckDBPyConnection, sweep_ids: list[str]) -> list[dict]:
-    """Per sweep and config: mean throughput and mean warm TTFT (call level)."""
+    """Per sweep, config and stage: geometric means of decode rate and of warm TTFT (call level)."""
     if not sweep_ids:
         return []
     marks = ", ".join("?" for _ in sweep_ids)
     return rows(con, f"""
-        SELECT sweep_id, config_id, avg(throughput_tps) AS tps, avg(ttft_ms) FILTER (WHERE {WARM}) AS warm
-        FROM stat_calls WHERE sweep_id IN ({marks}) GROUP BY sweep_id, config_id""", list(sweep_ids))
+        SELECT sweep_id, config_id, stage,
+               exp(avg(ln(CASE WHEN throughput_tps > 0 THEN throughput_tps END))) AS decode,
+               exp(avg(ln(CASE WHEN ttft_ms > 0 THEN ttft_ms END)) FILTER (WHERE {WARM})) AS ttft
+        FROM stat_calls WHERE sweep_id IN ({marks}) GROUP BY sweep_id, config_id, stage""", list(sweep_ids))
 
 
 def quality_stats(con: duckdb.DuckDBPyConnection, sweep_id: str, table: str = "quality_scores") -> dict[str, dict]:

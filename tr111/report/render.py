@@ -170,7 +170,7 @@ def write_report(ctx: ReportContext, out_dir: Path, templates_dir: Path,
 
         ctx.plots = write_plots(ctx, folder)
     else:  # the templates link plots by name: none drawn means every link is absent
-        ctx.plots = {"throughput": None, "ttft": None, "sensitivity": {}, "trend": None}
+        ctx.plots = {"rates": None, "ttft": None, "sensitivity": {}, "trend": None}
     env = environment(templates_dir)
     report_path = folder / "technical_report.md"
     text = env.get_template("report/technical_report.md.j2").render(**ctx.as_dict())

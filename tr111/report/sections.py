@@ -1,60 +1,99 @@
-"""Section contents computed from per-config aggregates: tables, rankings, comparisons, findings."""
+"""Section contents computed from per-config, per-stage aggregates: tables, rankings, comparisons.
+
+Central values are geometric means (the log scale every interval and test uses);
+TR111's pooled figures are kept beside them as ``study_*`` for comparison.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tr111.stats.inference import ALPHA, population, welch_from_stats
-from tr111.stats.summary import DistributionSummary, rank_configs
+from tr111.report.metrics import CHECKED, DECODE, MEASURES, STAGES, Measure
+from tr111.stats.inference import ALPHA, log_welch_from_stats, population, welch_from_stats
+from tr111.stats.summary import DistributionSummary, bounded_t_ci, rank_configs
 
 QUALITY_MARGIN = 0.10  # overall score points below the baseline that count as "clearly below"
 EMPTY = DistributionSummary.from_values([])
+EMPTY_STAGE = {"calls": 0, "warm_calls": 0, "cold_calls": 0, "truncated": 0, "truncation_reason": None,
+               "prompt_tokens": None, "eval_tokens": None, "load_ms": None, "prefill_ms": None,
+               "overhead_ms": None, "cold_load_ms": None, "decode": EMPTY, "prefill": EMPTY, "ttft": EMPTY,
+               "ttft_cold": EMPTY}
 
 
-def entries(configs: list[dict], calls: dict[str, dict], runs: dict[str, dict]) -> list[dict]:
-    """One entry per config in matrix order: its parameters and every per-config statistic."""
+def entries(configs: list[dict], calls: dict[str, dict], stages: dict[str, dict],
+            runs: dict[str, dict]) -> list[dict]:
+    """One entry per config in matrix order: its parameters, per-stage statistics and TR111's figures."""
     out = []
     for c in configs:
         stats = calls.get(c["config_id"], {})
-        run = runs.get(c["config_id"], {})
+        per_stage = stages.get(c["config_id"], {})
         out.append({
             "config_id": c["config_id"], "is_baseline": bool(c["is_baseline"]), "levels": c["levels"],
             "options_json": c.get("options_json"), "context_length": c.get("context_length"),
             "size_vram": c.get("size_vram"),
             "calls": stats.get("calls", 0), "runs": stats.get("runs", 0),
             "total_tokens": stats.get("total_tokens"), "cold_calls": stats.get("cold_calls", 0),
-            "cold_load_ms": stats.get("cold_load_ms"), "warm_load_ms": stats.get("warm_load_ms"),
-            "tps": stats.get("tps", EMPTY), "ttft": stats.get("ttft", EMPTY),
-            "ttft_warm": stats.get("ttft_warm", EMPTY), "ttft_cold": stats.get("ttft_cold", EMPTY),
-            "run_tps": run.get("tps"), "run_warm": run.get("warm"),
+            "truncated": stats.get("truncated", 0),
+            "study_tps": stats.get("study_tps", EMPTY), "study_ttft": stats.get("study_ttft", EMPTY),
+            "stages": {s: dict(EMPTY_STAGE, **per_stage.get(s, {})) for s in STAGES},
+            "run": runs.get(c["config_id"], {}),
         })
     return out
 
 
-def rankings(items: list[dict], top: int = 5) -> dict[str, list]:
-    by = {e["config_id"]: e for e in items}
-
-    def ranked(attr: str, *, descending: bool, metric: str) -> list[dict]:
-        summaries = {cid: e[metric] for cid, e in by.items() if e[metric].n}
-        return [{"rank": r.rank, "config_id": r.config_id, "value": r.value, "entry": by[r.config_id]}
-                for r in rank_configs(summaries, attr=attr, descending=descending, top=top)]
-
-    return {"throughput": ranked("mean", descending=True, metric="tps"),
-            "ttft": ranked("mean", descending=False, metric="ttft_warm"),
-            "consistency": ranked("cv_pct", descending=False, metric="tps")}
+def value(entry: dict, measure: Measure) -> DistributionSummary:
+    """The call-level summary of one measure of a config."""
+    return entry["stages"][measure.stage][measure.metric.key]
 
 
-def standing(items: list[dict], metric: str, *, descending: bool) -> dict[str, int]:
-    """Rank of every measured config on a metric's mean (1 = best), ties broken by config id."""
-    measured = [e for e in items if e[metric].mean is not None]
-    measured.sort(key=lambda e: ((-e[metric].mean if descending else e[metric].mean), e["config_id"]))
-    return {e["config_id"]: i + 1 for i, e in enumerate(measured)}
+def comparable(items: list[dict], measure: Measure) -> tuple[list[dict], list[dict]]:
+    """(configs whose measure can be compared, those set aside): a TTFT whose prompt was
+    truncated answered a shorter prompt, so it is not compared (its prefill rate is)."""
+    measured = [e for e in items if value(e, measure).geo_mean is not None]
+    if not measure.metric.same_prompt:
+        return measured, []
+    keep = [e for e in measured if not e["stages"][measure.stage]["truncated"]]
+    return keep, [e for e in measured if e["stages"][measure.stage]["truncated"]]
+
+
+def _order(entries: list[dict], measure: Measure) -> list[dict]:
+    sign = -1.0 if measure.higher_is_better else 1.0
+    return sorted(entries, key=lambda e: (sign * value(e, measure).geo_mean, e["config_id"]))
+
+
+def rankings(items: list[dict], top: int = 5) -> list[dict]:
+    """Per measure: the top configs by geometric mean; truncated TTFTs listed apart, unranked."""
+    out = []
+    for m in MEASURES:
+        keep, apart = comparable(items, m)
+        ranked = rank_configs({e["config_id"]: value(e, m) for e in keep}, attr="geo_mean",
+                              descending=m.higher_is_better, top=top)
+        by = {e["config_id"]: e for e in keep}
+        out.append({"measure": m, "excluded": apart,
+                    "rows": [{"rank": r.rank, "config_id": r.config_id, "value": r.value, "summary": r.summary,
+                              "entry": by[r.config_id]} for r in ranked]})
+    worst = {e["config_id"]: max(cvs) for e in items
+             if (cvs := [e["stages"][s]["decode"].cv_pct for s in STAGES
+                         if e["stages"][s]["decode"].cv_pct is not None])}
+    order = sorted(worst, key=lambda cid: (worst[cid], cid))[:top]
+    by_id = {e["config_id"]: e for e in items}
+    out.append({"measure": None, "excluded": [],
+                "rows": [{"rank": i + 1, "config_id": cid, "value": worst[cid], "summary": None,
+                          "entry": by_id[cid]} for i, cid in enumerate(order)]})
+    return out
+
+
+def standing(items: list[dict]) -> dict[str, dict[str, int]]:
+    """Per measure: rank of every comparable config on its geometric mean (1 = best)."""
+    return {m.key: {e["config_id"]: i + 1 for i, e in enumerate(_order(comparable(items, m)[0], m))}
+            for m in MEASURES}
 
 
 def populations(items: list[dict]) -> dict[str, Any]:
-    """Spread of the per-config means across configs (study §5.1, §5.2)."""
-    out = {}
-    for key in ("tps", "ttft_warm", "ttft_cold", "ttft"):
+    """Spread of the per-config geometric means across configs, per measure; and of TR111's figures."""
+    out = {m.key: population({e["config_id"]: value(e, m).geo_mean for e in comparable(items, m)[0]})
+           for m in MEASURES}
+    for key in ("study_tps", "study_ttft"):
         out[key] = population({e["config_id"]: e[key].mean for e in items})
     return out
 
@@ -66,26 +105,33 @@ def spread_pct(low: float | None, high: float | None) -> float | None:
     return (high - low) / abs(low) * 100.0
 
 
+def run_test(a: dict, b: dict, measure: Measure):
+    """Log-scale Welch of config a's run means against config b's on one measure."""
+    x, y = a["run"].get(measure.key) or {}, b["run"].get(measure.key) or {}
+    return log_welch_from_stats(x.get("mean"), x.get("sd"), x.get("n") or 0, y.get("mean"), y.get("sd"),
+                                y.get("n") or 0, alpha=ALPHA)
+
+
 def chimera(items: list[dict]) -> dict[str, Any]:
-    """Baseline vs the best non-baseline config by throughput and by warm TTFT (Welch on run means)."""
+    """Baseline vs the best non-baseline config of each checked measure (log Welch on run means).
+
+    A config that is best on several measures is compared once, with every measure it won;
+    configs with truncated calls do not compete.
+    """
     baseline = next((e for e in items if e["is_baseline"]), None)
     others = [e for e in items if not e["is_baseline"]]
     out: dict[str, Any] = {"baseline": baseline, "comparisons": []}
     if baseline is None or not others:
         return out
-    picks = [("throughput", "tps", True), ("warm TTFT", "ttft_warm", False)]
-    for label, metric, higher in picks:
-        measured = [e for e in others if e[metric].mean is not None]
-        if not measured:
-            continue
-        best = sorted(measured, key=lambda e: ((-e[metric].mean if higher else e[metric].mean),
-                                              e["config_id"]))[0]
-        tests = {}
-        for key, run_key in (("tps", "run_tps"), ("ttft_warm", "run_warm")):
-            a, b = best.get(run_key) or {}, baseline.get(run_key) or {}
-            tests[key] = welch_from_stats(a.get("mean"), a.get("sd"), a.get("n") or 0,
-                                          b.get("mean"), b.get("sd"), b.get("n") or 0, alpha=ALPHA)
-        out["comparisons"].append({"by": label, "metric": metric, "best": best, "tests": tests})
+    picks: dict[str, dict] = {}
+    clean = [e for e in others if not e["truncated"]]  # as the recommendations: never a truncated config
+    for m in CHECKED:
+        keep = _order(comparable(clean, m)[0], m)
+        if keep:
+            picks.setdefault(keep[0]["config_id"], {"best": keep[0], "by": []})["by"].append(m)
+    for pick in picks.values():
+        pick["tests"] = [{"measure": m, "test": run_test(pick["best"], baseline, m)} for m in MEASURES]
+        out["comparisons"].append(pick)
     return out
 
 
@@ -113,9 +159,8 @@ def quality(items: list[dict], qstats: dict[str, dict]) -> dict[str, Any]:
 
 
 def population_ci(q: dict) -> tuple[float | None, float | None]:
-    from tr111.stats.inference import t_ci
-
-    return t_ci(q["overall"], q["overall_sd"], q["n"])
+    """A quality score's interval: bounded to the score's range [0, 1] (summary.bounded_t_ci)."""
+    return bounded_t_ci(q["overall"], q["overall_sd"], q["n"])
 
 
 def recommendations(items: list[dict]) -> list:
@@ -123,11 +168,13 @@ def recommendations(items: list[dict]) -> list:
 
     summaries = []
     for e in items:
-        if not e["tps"].n and not e["ttft_warm"].n:
+        if not any(e["stages"][s]["calls"] for s in STAGES):
             continue
         levels = e["levels"]
         summaries.append(ConfigSummary(
-            config_id=e["config_id"], throughput=e["tps"], warm_ttft=e["ttft_warm"],
+            config_id=e["config_id"], decode={s: e["stages"][s][DECODE.key] for s in STAGES},
+            warm_ttft={s: e["stages"][s]["ttft"] for s in STAGES},
+            truncated={s: e["stages"][s]["truncated"] for s in STAGES},
             num_gpu=levels.get("num_gpu"), num_ctx=levels.get("num_ctx"),
             temperature=levels.get("temperature"), is_baseline=e["is_baseline"]))
     return recommendation_tiers(summaries)

@@ -11,22 +11,31 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from tr111.report.metrics import BY_KEY, STAGES, Measure
 from tr111.report.recommend import Tier
 from tr111.stats.summary import DistributionSummary
 
 if TYPE_CHECKING:
     from tr111.report.context import ReportContext
 
-METRIC_NAMES = {"tps": "throughput_tps", "warm": "warm_ttft_ms"}  # metric key -> name in JSON
-DIST_FIELDS = ("n", "mean", "stddev", "cv_pct", "ci95_low", "ci95_high", "p50", "p95")
+DIST_FIELDS = ("n", "mean", "geo_mean", "stddev", "cv_pct", "ci95_low", "ci95_high", "p50", "p95")
+
+
+def _dist(d: DistributionSummary) -> dict:
+    return {k: getattr(d, k) for k in DIST_FIELDS}
 
 
 @dataclass(frozen=True)
 class MetricChange:
-    """One config, one metric: the candidate's run means against the baseline's (Welch)."""
+    """One config, one measure: the candidate's run means against the baseline's (log-scale Welch).
+
+    ``baseline_mean``/``candidate_mean`` are geometric means of the run means and
+    ``change_pct`` their ratio minus one, in percent.
+    """
 
     config_id: str
-    metric: str  # a tr111.report.analysis.METRICS key: "tps" or "warm"
+    metric: str  # a tr111.report.metrics.Metric key: "decode" or "ttft"
+    stage: str
     baseline_mean: float | None
     candidate_mean: float | None
     change: float | None
@@ -42,27 +51,28 @@ class MetricChange:
     n_candidate: int
     note: str | None = None
 
+    @property
+    def measure(self) -> Measure:
+        return BY_KEY[f"{self.metric}_{self.stage}"]
+
     @classmethod
-    def from_change(cls, config_id: str, metric: str, change: dict) -> "MetricChange":
+    def from_change(cls, config_id: str, measure: Measure, change: dict) -> "MetricChange":
         """From the dict history._change returns (the regression rule's verdict)."""
-        names = [f.name for f in fields(cls) if f.name not in ("config_id", "metric")]
-        return cls(config_id=config_id, metric=metric, **{n: change.get(n) for n in names})
+        names = [f.name for f in fields(cls) if f.name not in ("config_id", "metric", "stage")]
+        return cls(config_id=config_id, metric=measure.metric.key, stage=measure.stage,
+                   **{n: change.get(n) for n in names})
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("config_id", "metric")}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("config_id", "metric", "stage")}
 
 
 @dataclass(frozen=True)
 class ConfigChange:
-    """One config present in both sweeps: throughput and warm TTFT changes, and the verdict."""
+    """One config present in both sweeps: the change of every checked measure, and the verdict."""
 
     config_id: str
-    tps: MetricChange
-    warm: MetricChange
-
-    @property
-    def changes(self) -> tuple[MetricChange, MetricChange]:
-        return self.tps, self.warm
+    changes: tuple[MetricChange, ...]
 
     @property
     def regression(self) -> bool:
@@ -72,9 +82,16 @@ class ConfigChange:
     def improvement(self) -> bool:
         return any(c.improvement for c in self.changes)
 
+    def change(self, key: str) -> MetricChange | None:
+        """The change of one measure (metrics.Measure.key, e.g. "ttft_analysis")."""
+        return next((c for c in self.changes if c.measure.key == key), None)
+
     def to_dict(self) -> dict:
-        return {"config_id": self.config_id, "regression": self.regression, "improvement": self.improvement,
-                **{METRIC_NAMES[c.metric]: c.to_dict() for c in self.changes}}
+        out: dict[str, Any] = {"config_id": self.config_id, "regression": self.regression,
+                               "improvement": self.improvement}
+        for c in self.changes:
+            out.setdefault(c.measure.metric.json_name, {})[c.stage] = c.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -116,26 +133,54 @@ class SweepComparison:
 
 
 @dataclass(frozen=True)
+class StageAggregate:
+    """One config at one stage: rates, warm and cold TTFT, and warm TTFT's parts (arithmetic
+    means over warm calls: load + prefill + overhead = the mean warm TTFT)."""
+
+    stage: str
+    calls: int
+    warm_calls: int
+    cold_calls: int
+    truncated: int
+    prompt_tokens: float | None
+    decode_tps: DistributionSummary
+    prefill_tps: DistributionSummary
+    warm_ttft_ms: DistributionSummary
+    cold_ttft_ms: DistributionSummary
+    load_ms: float | None
+    prefill_ms: float | None
+    overhead_ms: float | None
+
+    def to_dict(self) -> dict:
+        return {f.name: (_dist(v) if isinstance(v, DistributionSummary) else v)
+                for f in fields(self) for v in [getattr(self, f.name)] if f.name != "stage"}
+
+
+@dataclass(frozen=True)
 class ConfigAggregate:
-    """A config's call-level distributions, as in the report's aggregate table."""
+    """A config: its per-stage aggregates, and TR111's pooled figures kept for comparison
+    (``study_*``: every call of both stages, cold included; bimodal by construction)."""
 
     config_id: str
     is_baseline: bool
     calls: int
     runs: int
-    throughput_tps: DistributionSummary
-    warm_ttft_ms: DistributionSummary
-    cold_ttft_ms: DistributionSummary
+    truncated: int
+    stages: tuple[StageAggregate, ...]
+    study_throughput_tps: DistributionSummary
+    study_ttft_ms: DistributionSummary
     total_tokens: int | None
     quality_overall: float | None
 
-    def to_dict(self) -> dict:
-        def dist(d: DistributionSummary) -> dict:
-            return {k: getattr(d, k) for k in DIST_FIELDS}
+    def stage(self, name: str) -> StageAggregate | None:
+        return next((s for s in self.stages if s.stage == name), None)
 
+    def to_dict(self) -> dict:
         return {"config_id": self.config_id, "is_baseline": self.is_baseline, "calls": self.calls,
-                "runs": self.runs, "throughput_tps": dist(self.throughput_tps),
-                "warm_ttft_ms": dist(self.warm_ttft_ms), "cold_ttft_ms": dist(self.cold_ttft_ms),
+                "runs": self.runs, "truncated": self.truncated,
+                "stages": {s.stage: s.to_dict() for s in self.stages},
+                "study_throughput_tps": _dist(self.study_throughput_tps),
+                "study_ttft_ms": _dist(self.study_ttft_ms),
                 "total_tokens": self.total_tokens, "quality_overall": self.quality_overall}
 
 
@@ -184,7 +229,8 @@ class SweepSummary:
             "quality": [q.to_dict() for q in self.quality],
             "quality_below_baseline": self.quality_below_baseline,
             "recommendations": [{"tier": t.name, "key": t.key, "config_id": t.config_id, "value": t.value,
-                                 "unit": t.unit, "rationale": t.rationale} for t in self.recommendations],
+                                 "unit": t.unit, "rationale": t.rationale, "tied": list(t.tied),
+                                 "caveat": t.caveat} for t in self.recommendations],
             "plots": self.plots,
         }
 
@@ -203,9 +249,18 @@ def build_summary(ctx: "ReportContext") -> SweepSummary:
                                      ci95_high=high, diff=q.get("diff"),
                                      p_value=test.p_value if test is not None else None, below=q["below"]))
     overall = {q.config_id: q.overall for q in quality}
+
+    def stage(name: str, st: dict) -> StageAggregate:
+        return StageAggregate(stage=name, calls=st["calls"], warm_calls=st["warm_calls"],
+                              cold_calls=st["cold_calls"], truncated=st["truncated"],
+                              prompt_tokens=st["prompt_tokens"], decode_tps=st["decode"],
+                              prefill_tps=st["prefill"], warm_ttft_ms=st["ttft"], cold_ttft_ms=st["ttft_cold"],
+                              load_ms=st["load_ms"], prefill_ms=st["prefill_ms"], overhead_ms=st["overhead_ms"])
+
     aggregate = tuple(
         ConfigAggregate(config_id=e["config_id"], is_baseline=e["is_baseline"], calls=e["calls"], runs=e["runs"],
-                        throughput_tps=e["tps"], warm_ttft_ms=e["ttft_warm"], cold_ttft_ms=e["ttft_cold"],
+                        truncated=e["truncated"], stages=tuple(stage(s, e["stages"][s]) for s in STAGES),
+                        study_throughput_tps=e["study_tps"], study_ttft_ms=e["study_ttft"],
                         total_tokens=e["total_tokens"], quality_overall=overall.get(e["config_id"]))
         for e in ctx.entries)
     return SweepSummary(sweep_id=ctx.sweep["sweep_id"], model=ctx.sweep.get("model"),

@@ -9,12 +9,15 @@ nothing outlives the block.
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from tr111.ollama.client import OllamaClient
+from tr111.run.hostload import local_server_pid, server_on_host
 from tr111.run.plan import SweepPlan, SweepRequest, restart_strategy_for
 from tr111.run.server import ServerHandle, open_server
+from tr111.run.worker import MeasurementWorker
 from tr111.settings import Settings
 
 
@@ -23,16 +26,30 @@ class SweepContext:
     parameters as JSON, and an object without ``__dict__`` is stored as a placeholder
     instead of being walked field by field (clients, threads, processes)."""
 
-    __slots__ = ("plan", "server", "client", "control", "telemetry", "described")
+    __slots__ = ("plan", "server", "client", "control", "telemetry", "described", "_ollama_pid")
 
     def __init__(self, plan: SweepPlan, server: ServerHandle, client: OllamaClient,
                  control: OllamaClient, telemetry) -> None:
         self.plan = plan
         self.server = server
-        self.client = client  # timed calls: the plan's connect, read and whole-call timeouts
+        self.client = client  # timed calls (a MeasurementWorker, or an in-process OllamaClient)
         self.control = control  # version, /api/ps, /api/show, restarts: connect timeout only
         self.telemetry = telemetry  # a GpuTelemetry (maybe disabled), or None when switched off
         self.described: set[str] = set()  # configs whose /api/show and /api/ps are recorded
+        self._ollama_pid: int | None = None
+
+    def server_pid(self) -> int | None:
+        """The server process on this host, when tr111 can see it (the engine's changes on restart)."""
+        engine = self.server.engine
+        if engine is not None:
+            return getattr(engine, "pid", None)
+        if self._ollama_pid is None or not os.path.exists(f"/proc/{self._ollama_pid}"):
+            self._ollama_pid = local_server_pid(self.server.url)  # a /proc scan: once, or after a restart
+        return self._ollama_pid
+
+    @property
+    def server_on_host(self) -> bool:
+        return self.server.engine is not None or server_on_host(self.server.url)
 
     @property
     def telemetry_status(self) -> str:
@@ -69,10 +86,16 @@ def open_sweep(settings: Settings, request: SweepRequest, *,
             restart_policy=matrix.restart, restart_command=tuple(settings.restart_command),
             restart_timeout_s=settings.restart_timeout_s, connect_timeout_s=settings.connect_timeout_s,
             read_timeout_s=settings.read_timeout_s, call_timeout_s=settings.call_timeout_s,
-            cache_bust=matrix.cache_bust, warmup=matrix.warmup, gpu_telemetry=settings.gpu_telemetry)
-        client = stack.enter_context(OllamaClient(
-            server.url, connect_timeout_s=plan.connect_timeout_s, read_timeout_s=plan.read_timeout_s,
-            call_timeout_s=plan.call_timeout_s))
+            cache_bust=matrix.cache_bust, warmup=matrix.warmup, gpu_telemetry=settings.gpu_telemetry,
+            quiet_host=settings.quiet_host or matrix.quiet_host,
+            quiet_host_timeout_s=settings.quiet_host_timeout_s)
+        timeouts = dict(connect_timeout_s=plan.connect_timeout_s, read_timeout_s=plan.read_timeout_s,
+                        call_timeout_s=plan.call_timeout_s)
+        if settings.measurement_worker:
+            client = stack.enter_context(MeasurementWorker(server.url, **timeouts))
+            client.start()  # now: its start-up is no part of the first run
+        else:
+            client = stack.enter_context(OllamaClient(server.url, **timeouts))
         telemetry = _telemetry(plan.gpu_telemetry)
         if telemetry is not None:
             stack.callback(telemetry.close)

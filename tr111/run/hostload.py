@@ -102,3 +102,46 @@ def between(a: HostSnapshot, b: HostSnapshot, *, cpus: int | None = None,
     judged = wall_s * CLOCK_TICKS >= 5
     return HostLoad(b.load1, other, server, harness, wall_s, cpus,
                     (other / wall_s > CONTENDED_CORE_SHARE) if judged else None)
+
+
+def local_server_pid(url: str, name: str = "ollama") -> int | None:
+    """The pid of an Ollama serving on this host (its URL on loopback), found by process name."""
+    from urllib.parse import urlsplit
+
+    if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        comm = _read(f"/proc/{pid}/comm")
+        if comm and comm.strip() == name:
+            return int(pid)
+    return None
+
+
+def server_on_host(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def wait_for_quiet(server_pid: int | None, timeout_s: float, *, window_s: float = 0.5,
+                   sleep=None) -> tuple[bool, float]:
+    """Sample the host in ``window_s`` windows until one is quiet or ``timeout_s`` passes.
+
+    Returns (quiet, waited seconds). The harness and the server are not "other" load."""
+    import time
+
+    sleep = sleep or time.sleep
+    t0 = time.perf_counter_ns()
+    while True:
+        a = snapshot(server_pid, time.perf_counter_ns())
+        sleep(window_s)
+        load = between(a, snapshot(server_pid, time.perf_counter_ns()))
+        waited = (time.perf_counter_ns() - t0) / 1e9
+        if load.contended is False:
+            return True, waited
+        if waited >= timeout_s:
+            return False, waited

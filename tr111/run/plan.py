@@ -7,6 +7,7 @@ so resume bookkeeping and row shapes are unit-tested without Prefect or a server
 from __future__ import annotations
 
 import json
+import random
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,8 @@ class SweepPlan:
     cache_bust: bool = True
     warmup: bool = False
     gpu_telemetry: bool = True
+    quiet_host: bool = False  # wait for other processes to leave the CPUs before each run
+    quiet_host_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class RunKey:
     run_number: int
     run_attempt: int
     first_call_attempts: dict = field(default_factory=dict)  # stage -> first attempt number
+    # Does another config (or nothing, in this process) run just before? Then the server must
+    # reload the runner: a per_config restart happens, or the first call is cold by position.
+    follows_other_config: bool = True
 
     @property
     def name(self) -> str:
@@ -80,30 +86,70 @@ def restart_strategy_for(chosen: str | None, server_kind: str) -> str:
     return chosen or ("embedded" if server_kind == "embedded" else "unload")
 
 
-def should_restart(plan: SweepPlan, run_number: int) -> bool:
+def should_restart(plan: SweepPlan, key: RunKey) -> bool:
+    """per_config: whenever the config changes (every run when replicates are interleaved)."""
     if plan.restart_policy == "never":
         return False
-    return plan.restart_policy == "per_run" or run_number == 1
+    return plan.restart_policy == "per_run" or key.follows_other_config
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(2**32)
+
+
+def execution_order(request: SweepRequest, seed: int | None) -> list[tuple[Config, int]]:
+    """(config, run number) in the order they run.
+
+    ``order: grid`` keeps the matrix order; ``shuffled`` permutes the configs with ``seed`` (a
+    new permutation for every replicate round when interleaved). ``interleave``: run 1 of
+    every config, then run 2, ...; otherwise a config's runs follow each other.
+    """
+    matrix = request.matrix
+    rng = random.Random(seed)
+
+    def arranged() -> list[Config]:
+        configs = list(request.configs)
+        if matrix.order == "shuffled":
+            rng.shuffle(configs)
+        return configs
+
+    runs = range(1, matrix.runs + 1)
+    if not matrix.interleave:
+        return [(c, r) for c in arranged() for r in runs]
+    order: list[tuple[Config, int]] = []
+    for r in runs:
+        configs = arranged()
+        if order and len(configs) > 1 and configs[0] is order[-1][0]:
+            configs[0], configs[1] = configs[1], configs[0]  # never the same config twice in a row
+        order += [(c, r) for c in configs]
+    return order
 
 
 def run_keys(request: SweepRequest, done: set[tuple[str, int]], call_attempts: dict,
-             run_attempts: dict) -> list[RunKey]:
-    """The runs still to execute, in matrix order, with their next attempt numbers.
+             run_attempts: dict, seed: int | None = None) -> list[RunKey]:
+    """The runs still to execute, in execution order, with their next attempt numbers.
 
     ``done``: (config, run) already recorded ok; ``call_attempts``: highest attempt per
     (config, run, stage); ``run_attempts``: highest run attempt per (config, run).
     """
-    keys = []
-    for config in request.configs:
-        for run_number in range(1, request.matrix.runs + 1):
-            if (config.config_id, run_number) in done:
-                continue
-            keys.append(RunKey(
-                config=config, run_number=run_number,
-                run_attempt=run_attempts.get((config.config_id, run_number), 0) + 1,
-                first_call_attempts={s: call_attempts.get((config.config_id, run_number, s), 0) + 1
-                                     for s in CALL_STAGES}))
+    keys: list[RunKey] = []
+    for config, run_number in execution_order(request, seed):
+        if (config.config_id, run_number) in done:
+            continue
+        previous = keys[-1].config.config_id if keys else None
+        keys.append(RunKey(
+            config=config, run_number=run_number,
+            run_attempt=run_attempts.get((config.config_id, run_number), 0) + 1,
+            first_call_attempts={s: call_attempts.get((config.config_id, run_number, s), 0) + 1
+                                 for s in CALL_STAGES},
+            # the first run of this process: a resume of run 2.. keeps the loaded model as before
+            follows_other_config=(previous != config.config_id) if keys else run_number == 1))
     return keys
+
+
+def restarts_planned(plan: SweepPlan, keys: list[RunKey]) -> int:
+    """How many restarts the order costs (interleaving turns per_config into one per run)."""
+    return sum(1 for key in keys if should_restart(plan, key))
 
 
 def config_row(sweep_id: str, config: Config, position: int) -> dict:
@@ -124,10 +170,17 @@ def show_digest(show: dict) -> dict:
             if k in show}
 
 
+def run_order(matrix: SweepMatrix) -> str:
+    """How runs were ordered, in words for the sweep row and the report."""
+    return f"{matrix.order}, {'interleaved replicates' if matrix.interleave else 'runs of a config together'}"
+
+
 def sweep_row(plan: SweepPlan, matrix: SweepMatrix, *, server_version: str, engine: str,
-              engine_model_file: str | None, environment: dict, show: dict, version: str) -> dict:
+              engine_model_file: str | None, environment: dict, show: dict, version: str,
+              order_seed: int | None = None, restarts: int | None = None) -> dict:
     """The ``sweeps`` row written when a sweep starts (and refreshed on resume)."""
     return {
+        "run_order": run_order(matrix), "order_seed": order_seed, "restarts_planned": restarts,
         "sweep_id": plan.sweep_id, "started_at": datetime.now(UTC), "status": "running",
         "model": plan.model, "ollama_url": plan.ollama_url, "server_version": server_version,
         "matrix_json": matrix.to_json(), "host": environment["host"], "engine": engine,

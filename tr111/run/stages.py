@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from tr111.errors import Tr111Error
 from tr111.ollama.client import OllamaClient
 from tr111.ollama.metrics import NS_PER_MS, CallResult
+from tr111.run import hostload
 from tr111.run.coldwarm import CallTiming, classify_cold
 from tr111.run.context import SweepContext
 from tr111.run.plan import STAGES, RunKey, SweepPlan, should_restart
@@ -29,7 +30,7 @@ CHARS_PER_TOKEN = 4.0  # rough English estimate, used only to spot silent trunca
 
 def restart_stage(ctx: SweepContext, key: RunKey) -> RestartOutcome:
     plan = ctx.plan
-    strategy = plan.restart_strategy if should_restart(plan, key.run_number) else "none"
+    strategy = plan.restart_strategy if should_restart(plan, key) else "none"
     return restart_server(strategy, ctx.control, plan.model, engine=ctx.server.engine,
                           command=plan.restart_command, timeout_s=plan.restart_timeout_s)
 
@@ -50,6 +51,8 @@ def call_stage(ctx: SweepContext, key: RunKey, stage: str, prompt: str, attempt:
     options = dict(key.config.options)
     if stage == "warmup":
         options["num_predict"] = 1
+    pid = ctx.server_pid()
+    before = hostload.snapshot(pid, time.perf_counter_ns())
     try:
         if tel is not None and tel.enabled:
             with tel.sample_call() as sampler:
@@ -57,13 +60,20 @@ def call_stage(ctx: SweepContext, key: RunKey, stage: str, prompt: str, attempt:
             call.gpu = sampler.stats.as_row() if sampler.stats else {}
         else:
             call = _generate(ctx.client, plan, prompt, options)
+        call.host = _host_load(ctx, before, pid)
         return call
     except Tr111Error as exc:
         partial = exc.partial if isinstance(exc.partial, CallResult) else CallResult(
             model=plan.model, prompt=prompt, options=options,
             started_at=datetime.now(UTC), status="error", error=f"{type(exc).__name__}: {exc}")
+        partial.host = _host_load(ctx, before, pid)
         record_failure(call_row(plan, key, stage, attempt, partial))
         raise
+
+
+def _host_load(ctx: SweepContext, before: hostload.HostSnapshot, pid: int | None) -> dict:
+    after = hostload.snapshot(pid, time.perf_counter_ns())
+    return hostload.between(before, after, server_on_host=ctx.server_on_host).as_row()
 
 
 def _generate(client: OllamaClient, plan: SweepPlan, prompt: str, options: dict) -> CallResult:
@@ -98,9 +108,10 @@ def call_row(plan: SweepPlan, key: RunKey, stage: str, attempt: int, call: CallR
     row = call.as_row()
     options = row.pop("options")
     gpu = row.pop("gpu", None) or {}
+    host = row.pop("host", None) or {}
     truncated, reason = truncation(call, num_ctx, plan.cache_bust) if call.status == "ok" else (None, None)
     return {
-        **row, **gpu, "sweep_id": plan.sweep_id, "config_id": key.config.config_id,
+        **row, **gpu, **host, "sweep_id": plan.sweep_id, "config_id": key.config.config_id,
         "run_number": key.run_number, "stage": stage, "attempt": attempt,
         "run_attempt": key.run_attempt, "options_json": to_json(options),
         "is_cold": cold[0] if cold else None, "cold_reason": cold[1] if cold else None,
@@ -135,7 +146,7 @@ def finish_run(plan: SweepPlan, key: RunKey, *, started_at: datetime, t0_ns: int
     num_ctx = key.config.options.get("num_ctx")
     performed = bool(restart and restart.performed)
     cold = classify_run_calls(list(calls.values()), first_after_restart=performed,
-                              options_changed=key.run_number == 1 and not performed)
+                              options_changed=key.follows_other_config and not performed)
     rows = [call_row(plan, key, stage, attempts[stage], call, cold=decision,
                      num_ctx=int(num_ctx) if num_ctx else None)
             for (stage, call), decision in zip(calls.items(), cold)]

@@ -13,14 +13,14 @@ from tr111 import __version__, progress
 from tr111.errors import ServerUnavailableError, SweepIncompleteError, Tr111Error
 from tr111.ingest.corpus import check_corpus
 from tr111.matrix import load_matrix
-from tr111.run import plan as planning
+from tr111.run import hostload, plan as planning
 from tr111.run.context import SweepContext
 from tr111.run.environment import detect_environment
 from tr111.run.plan import RunKey, SweepRequest
 from tr111.run.restart import wait_until
 from tr111.settings import Settings
 from tr111.warehouse import connect, writer
-from tr111.warehouse.reader import attempt_counters, finished_runs
+from tr111.warehouse.reader import attempt_counters, finished_runs, recorded_order_seed
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,29 @@ def begin(ctx: SweepContext, request: SweepRequest) -> SweepStart:
     env = detect_environment()
     env["gpu_telemetry"] = ctx.telemetry_status
     progress.emit("telemetry", status=env["gpu_telemetry"])
-    writer.start_sweep(plan.warehouse_path, planning.sweep_row(
-        plan, request.matrix, server_version=server.version, engine=server.kind,
-        engine_model_file=server.model_file, environment=env, show=show, version=__version__),
-        [planning.config_row(plan.sweep_id, c, i) for i, c in enumerate(request.configs)])
     with connect(plan.warehouse_path) as con:
         done = finished_runs(con, plan.sweep_id)
         call_attempts, run_attempts = attempt_counters(con, plan.sweep_id)
-    todo = planning.run_keys(request, done, call_attempts, run_attempts)
+        seed = recorded_order_seed(con, plan.sweep_id)  # a resume keeps the order it had
+    if seed is None:
+        seed = request.matrix.seed if request.matrix.seed is not None else planning.draw_seed()
+    todo = planning.run_keys(request, done, call_attempts, run_attempts, seed)
+    writer.start_sweep(plan.warehouse_path, planning.sweep_row(
+        plan, request.matrix, server_version=server.version, engine=server.kind,
+        engine_model_file=server.model_file, environment=env, show=show, version=__version__,
+        order_seed=seed, restarts=planning.restarts_planned(plan, todo)),
+        [planning.config_row(plan.sweep_id, c, i) for i, c in enumerate(request.configs)])
     total = len(request.configs) * request.matrix.runs
     progress.emit("start", sweep_id=plan.sweep_id, total=total, done=len(done), todo=len(todo))
     return SweepStart(todo, len(done), total)
+
+
+def before_run(ctx: SweepContext, key: RunKey) -> None:
+    """With --quiet-host: wait (bounded) until other processes leave the CPUs alone."""
+    if not ctx.plan.quiet_host:
+        return
+    quiet, waited = hostload.wait_for_quiet(ctx.server_pid(), ctx.plan.quiet_host_timeout_s)
+    progress.emit("quiet_host", name=key.name, quiet=quiet, waited_s=waited)
 
 
 def after_run(ctx: SweepContext, key: RunKey, row: dict, remaining: list[RunKey],

@@ -5,26 +5,31 @@ Why not scipy.stats / statsmodels directly: importing them costs ~70 MB and
 million calls. So DuckDB aggregates (count, avg, stddev, var_pop) and these
 functions finish the job with numpy and scipy.special (the same t and F
 distribution functions scipy.stats calls). This module is the product's only
-Welch, Hedges' g, ANOVA and regression rule (t intervals: summary.t_ci); the
-tests check each against scipy.stats, statsmodels and tests/oracles on
-balanced, unbalanced and incomplete designs.
+Welch, Hedges' g, ANOVA and regression rule (intervals: summary.t_ci and
+summary.log_t_ci); the tests check each against scipy.stats, statsmodels and
+tests/oracles on balanced, unbalanced and incomplete designs.
+
+Times and rates are tested on the log scale (log_welch_from_stats, ANOVA of log
+run means): their effects are multiplicative (a slower server adds a percentage,
+not a constant), and the log makes their skewed run means closer to normal.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tr111.stats.summary import Comparison, DistributionSummary, cv_pct, t_ci, t_quantile
+from tr111.stats.summary import Comparison, DistributionSummary, cv_pct, log_t_ci, t_quantile
 
 ALPHA = 0.05
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+    """A finite float, or None (None, NaN, inf, bools and non-numbers are gaps, not values)."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -34,24 +39,39 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _log_sd(n: int, log_sd: Any) -> float | None:
+    sd = finite(log_sd) if n >= 2 else None
+    return 0.0 if sd is not None and sd < 1e-9 else sd  # float noise of a constant column
+
+
 def summary(n: Any, mean: Any = None, stddev: Any = None, p50: Any = None, p95: Any = None,
-            minimum: Any = None, maximum: Any = None) -> DistributionSummary:
-    """A DistributionSummary from SQL aggregates (count, avg, stddev_samp, quantile_cont, min, max).
+            minimum: Any = None, maximum: Any = None, log_mean: Any = None,
+            log_sd: Any = None) -> DistributionSummary:
+    """A DistributionSummary from SQL aggregates (count, avg, stddev_samp, quantile_cont, min, max,
+    and avg / stddev_samp of ln(x), given only when every value is > 0).
 
     The same fields DistributionSummary.from_values computes from the raw values.
     """
     n = int(n or 0)
     if n == 0:
         return DistributionSummary.from_values([])
-    mean_f = _finite(mean)
-    sd = _finite(stddev) if n >= 2 else None
+    mean_f = finite(mean)
+    sd = finite(stddev) if n >= 2 else None
     if sd is not None and sd < 1e-9 * abs(mean_f or 0.0):  # float noise of a constant column
         sd = 0.0
-    low, high = t_ci(mean_f, sd, n)
-    median = _finite(p50)
+    lmean = finite(log_mean)
+    lsd = _log_sd(n, log_sd) if lmean is not None else None
+    low, high = log_t_ci(lmean, lsd, n)
+    median = finite(p50)
     return DistributionSummary(n=n, mean=mean_f, stddev=sd, cv_pct=cv_pct(mean_f, sd), ci95_low=low,
-                               ci95_high=high, median=median, p50=median, p95=_finite(p95),
-                               min=_finite(minimum), max=_finite(maximum))
+                               ci95_high=high, median=median, p50=median, p95=finite(p95),
+                               min=finite(minimum), max=finite(maximum),
+                               geo_mean=math.exp(lmean) if lmean is not None else None, log_sd=lsd)
+
+
+def log_summary(n: Any, log_mean: Any, log_sd: Any) -> DistributionSummary:
+    """Geometric mean and its interval from observations already on the log scale (log run means)."""
+    return summary(n, log_mean=log_mean, log_sd=log_sd)
 
 
 # --------------------------------------------------------------------------- Welch
@@ -73,9 +93,9 @@ def hedges_g(mean_a, sd_a, n_a, mean_b, sd_b, n_b) -> float | None:
 def welch_from_stats(mean_a, sd_a, n_a: int, mean_b, sd_b, n_b: int, *, alpha: float = ALPHA) -> Welch:
     """Welch's t-test from means, sample sds and counts (scipy ttest_ind_from_stats, equal_var=False)."""
     n_a, n_b = int(n_a or 0), int(n_b or 0)
-    mean_a = _finite(mean_a) if n_a else None
-    mean_b = _finite(mean_b) if n_b else None
-    sd_a, sd_b = _finite(sd_a), _finite(sd_b)
+    mean_a = finite(mean_a) if n_a else None
+    mean_b = finite(mean_b) if n_b else None
+    sd_a, sd_b = finite(sd_a), finite(sd_b)
     diff = mean_a - mean_b if mean_a is not None and mean_b is not None else None
     diff_pct = diff / abs(mean_b) * 100.0 if diff is not None and mean_b else None
     g = hedges_g(mean_a, sd_a, n_a, mean_b, sd_b, n_b) if diff is not None else None
@@ -99,10 +119,38 @@ def welch_from_stats(mean_a, sd_a, n_a: int, mean_b, sd_b, n_b: int, *, alpha: f
                  p < alpha, None)
 
 
+def log_welch_from_stats(log_mean_a, log_sd_a, n_a: int, log_mean_b, log_sd_b, n_b: int, *,
+                         alpha: float = ALPHA) -> Welch:
+    """Welch's t-test of the logs of two positive samples, back-transformed (``scale`` "log").
+
+    mean_a / mean_b are geometric means, diff their difference, diff_pct and the CI
+    the change of a against b in percent ((ratio - 1) x 100); t, df, p and Hedges' g
+    are those of the logs. Same p as scipy's ttest_ind on np.log of the values.
+    """
+    w = welch_from_stats(log_mean_a, log_sd_a, n_a, log_mean_b, log_sd_b, n_b, alpha=alpha)
+
+    def geo(value):
+        return math.exp(value) if value is not None else None
+
+    def pct(value):
+        return (math.exp(value) - 1.0) * 100.0 if value is not None else None
+
+    mean_a, mean_b = geo(w.mean_a), geo(w.mean_b)
+    diff = mean_a - mean_b if mean_a is not None and mean_b is not None else None
+    return replace(w, mean_a=mean_a, mean_b=mean_b, diff=diff, diff_pct=pct(w.diff),
+                   ci95_low=pct(w.ci95_low), ci95_high=pct(w.ci95_high), scale="log")
+
+
+def log_welch_summaries(a: DistributionSummary, b: DistributionSummary, *, alpha: float = ALPHA) -> Welch:
+    """log_welch_from_stats of two DistributionSummary (their geometric means and log sds)."""
+    return log_welch_from_stats(a.log_mean, a.log_sd, a.n if a.geo_mean else 0,
+                                b.log_mean, b.log_sd, b.n if b.geo_mean else 0, alpha=alpha)
+
+
 def welch(a: Sequence[float], b: Sequence[float], *, alpha: float = ALPHA) -> Welch:
     """Welch's t-test of two small samples (run means, quality scores)."""
-    a_vals = [v for v in (_finite(x) for x in a) if v is not None]
-    b_vals = [v for v in (_finite(x) for x in b) if v is not None]
+    a_vals = [v for v in (finite(x) for x in a) if v is not None]
+    b_vals = [v for v in (finite(x) for x in b) if v is not None]
 
     def stats(values):
         if not values:
@@ -328,9 +376,9 @@ def level_table(cells: Sequence[Cell], factor_index: int) -> list[tuple[Any, Cel
 
 
 def cell_summary(cell: Cell) -> DistributionSummary:
-    """Mean, sd and CI of the observations pooled in a cell."""
+    """Geometric mean and interval of the log observations pooled in a cell (log run means)."""
     sd = math.sqrt(cell.ss / (cell.n - 1)) if cell.n >= 2 else None
-    return summary(cell.n, cell.mean, sd)
+    return log_summary(cell.n, cell.mean, sd)
 
 
 def population(values: Mapping[str, float | None]):

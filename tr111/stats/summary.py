@@ -1,8 +1,14 @@
 """Descriptive statistics with confidence intervals for benchmark metrics.
 
 Pure functions over plain values: no I/O, no DataFrames. Every summary carries
-``n`` and a t-based 95% CI so a report never shows a mean without saying how
-sure it is.
+``n`` and a 95% CI so a report never shows a mean without saying how sure it is.
+
+The interval of a positive quantity (a time, a rate) is a t interval on the log
+scale, back-transformed (``log_t_ci``): the CI of the geometric mean. Latencies
+are right-skewed and their effects multiplicative; on the log scale the t
+interval fits them, and back-transformed it can never go below zero (a plain t
+interval of a bimodal TTFT did: [-7,860, 13,069] ms). It needs only n, the
+mean and the sd of the logs, so DuckDB can aggregate it over any number of rows.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 CONFIDENCE = 0.95
+MIN_N_CI = 2  # fewer observations give no interval: the report prints "n too small"
 
 
 def clean_values(values: Iterable[Any]) -> list[float]:
@@ -51,7 +58,7 @@ def t_ci(mean: float | None, stddev: float | None, n: int,
 
     (None, None) when n < 2; with zero spread it collapses to the mean instead of NaN.
     """
-    if mean is None or stddev is None or n < 2:
+    if mean is None or stddev is None or n < MIN_N_CI:
         return None, None
     sem = stddev / math.sqrt(n)
     if sem == 0:
@@ -60,12 +67,39 @@ def t_ci(mean: float | None, stddev: float | None, n: int,
     return mean - half, mean + half
 
 
+def log_t_ci(log_mean: float | None, log_sd: float | None, n: int,
+             confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
+    """The interval of a positive quantity: t_ci of the logs, back-transformed (module doc).
+
+    It is the CI of the geometric mean exp(log_mean); always > 0, wider above than below.
+    """
+    low, high = t_ci(log_mean, log_sd, n, confidence)
+    if low is None or high is None:
+        return None, None
+    return math.exp(low), math.exp(high)
+
+
+def bounded_t_ci(mean: float | None, stddev: float | None, n: int, lower: float = 0.0, upper: float = 1.0,
+                 confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
+    """t_ci of a mean that cannot leave [lower, upper] (quality scores), cut to that range.
+
+    A score is bounded, not multiplicative, so no log scale: the mean is known to lie
+    in the range, and intersecting an interval with it keeps the coverage.
+    """
+    low, high = t_ci(mean, stddev, n, confidence)
+    if low is None or high is None:
+        return None, None
+    return max(low, lower), min(high, upper)
+
+
 @dataclass(frozen=True)
 class DistributionSummary:
     """Mean, spread and CI of one metric over a set of observations.
 
     ``stddev`` is the sample standard deviation (ddof=1); it, the CV and the CI
     are None when n < 2 because one observation says nothing about spread.
+    ``geo_mean`` and ``log_sd`` exist when every value is > 0; the CI is then
+    log_t_ci (the geometric mean's), else None: no interval below zero is printed.
     """
 
     n: int
@@ -79,6 +113,8 @@ class DistributionSummary:
     p95: float | None
     min: float | None
     max: float | None
+    geo_mean: float | None = None
+    log_sd: float | None = None
 
     @classmethod
     def from_values(cls, values: Iterable[float | None]) -> "DistributionSummary":
@@ -87,11 +123,9 @@ class DistributionSummary:
         return cls(**_summary_fields(kept))
 
     @property
-    def ci95_half_width(self) -> float | None:
-        """Half the CI width, handy for "mean ± x" rendering."""
-        if self.ci95_low is None or self.ci95_high is None:
-            return None
-        return (self.ci95_high - self.ci95_low) / 2.0
+    def log_mean(self) -> float | None:
+        """Mean of the logs (None without a geometric mean): what log-scale tests compare."""
+        return math.log(self.geo_mean) if self.geo_mean else None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON / DataFrame rows)."""
@@ -102,11 +136,16 @@ def _summary_fields(kept: Sequence[float]) -> dict[str, Any]:
     n = len(kept)
     if n == 0:
         return dict(n=0, mean=None, stddev=None, cv_pct=None, ci95_low=None, ci95_high=None,
-                    median=None, p50=None, p95=None, min=None, max=None)
+                    median=None, p50=None, p95=None, min=None, max=None, geo_mean=None, log_sd=None)
     array = np.asarray(kept, dtype=float)
     mean = float(array.mean())
     stddev = float(array.std(ddof=1)) if n >= 2 else None
-    low, high = t_ci(mean, stddev, n)
+    geo = log_sd = None
+    if array.min() > 0:
+        logs = np.log(array)
+        geo = float(math.exp(logs.mean()))
+        log_sd = float(logs.std(ddof=1)) if n >= 2 else None
+    low, high = log_t_ci(math.log(geo) if geo else None, log_sd, n)
     median = float(np.median(array))
     return dict(
         n=n,
@@ -121,6 +160,8 @@ def _summary_fields(kept: Sequence[float]) -> dict[str, Any]:
         p95=float(np.percentile(array, 95)),
         min=float(array.min()),
         max=float(array.max()),
+        geo_mean=geo,
+        log_sd=log_sd,
     )
 
 
@@ -188,7 +229,9 @@ class Comparison:
 
     Signs follow "a minus b": ``diff`` = mean_a - mean_b, ``diff_pct`` is relative
     to mean_b, ``t`` and ``hedges_g`` are positive when a is larger, and the CI is
-    for mean_a - mean_b with Welch–Satterthwaite df.
+    for mean_a - mean_b with Welch–Satterthwaite df. With ``scale`` "log" the test
+    ran on logs: the means are geometric, ``diff_pct`` is (ratio - 1) x 100 and the
+    CI is that percentage's (tr111.stats.inference.log_welch_from_stats).
     """
 
     n_a: int
@@ -205,3 +248,4 @@ class Comparison:
     ci95_high: float | None
     significant: bool
     note: str | None = None
+    scale: str = "linear"
