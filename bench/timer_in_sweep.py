@@ -43,11 +43,13 @@ def _serve(conn) -> None:
     conn.send(log)
 
 
-def _sweep(url: str, work: Path, name: str, matrix: Path, worker: bool) -> list[tuple[str, float]]:
+def _sweep(url: str, work: Path, name: str, matrix: Path, worker: bool,
+           settle_ms: float = 0.0) -> list[tuple[str, float]]:
     from tr111.flows.sweep import tr111_sweep
     from tr111.warehouse import open_read_only
 
     os.environ["TR111_MEASUREMENT_WORKER"] = "true" if worker else "false"
+    os.environ["TR111_WORKER_SETTLE_MS"] = str(settle_ms)
     wh = work / f"{name}.duckdb"
     result = tr111_sweep(matrix=str(matrix), ollama_url=url, warehouse=str(wh), out=str(work / "out"),
                          restart="none", report=False, sweep_id=name)
@@ -56,12 +58,14 @@ def _sweep(url: str, work: Path, name: str, matrix: Path, worker: bool) -> list[
         return con.execute("SELECT prompt, ttft_ms FROM llm_calls WHERE status = 'ok'").fetchall()
 
 
-def _control(url: str, prompts: list[str], model: str) -> list[tuple[str, float]]:
+def _control(url: str, prompts: list[str], model: str, gap_s: float = 0.0) -> list[tuple[str, float]]:
+    """Bare httpx streaming calls; ``gap_s`` idles between calls as a sweep does between its calls."""
     import httpx
 
     out = []
     with httpx.Client(base_url=url, timeout=30) as client:
         for prompt in prompts:
+            time.sleep(gap_s)
             body = {"model": model, "prompt": prompt, "stream": True, "options": {"num_predict": 16}}
             t0 = time.perf_counter_ns()
             ttft = None
@@ -83,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", type=int, default=5, help="num_ctx levels swept (plus the baseline)")
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--control-calls", type=int, default=60)
+    parser.add_argument("--gap-ms", type=float, default=150.0,
+                        help="idle time between the spaced control's calls (a sweep's calls are apart too)")
+    parser.add_argument("--settle-ms", type=float, default=5.0,
+                        help="the worker's pause before each timed call, for the third sweep")
     args = parser.parse_args(argv)
     isolated_prefect_home()
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -100,22 +108,27 @@ def main(argv: list[str] | None = None) -> int:
     url = parent.recv()
     try:
         worker = _sweep(url, work, "timer-worker", matrix, worker=True)
+        settled = _sweep(url, work, "timer-settle", matrix, worker=True, settle_ms=args.settle_ms)
         inproc = _sweep(url, work, "timer-inprocess", matrix, worker=False)
         prompts = [p for p, _ in worker][: args.control_calls]
         control = _control(url, [p.replace("timer-worker", "timer-control") for p in prompts], "gemma3:latest")
+        spaced = _control(url, [p.replace("timer-worker", "timer-spaced") for p in prompts], "gemma3:latest",
+                          gap_s=args.gap_ms / 1000.0)
     finally:
         parent.send("stop")
         server = dict(parent.recv())
         proc.join(10)
     rows = {"sweep, measurement worker": _errors(worker, server),
+            f"sweep, worker, {args.settle_ms:g} ms settle": _errors(settled, server),
             "sweep, call in the Prefect task": _errors(inproc, server),
-            "raw httpx control (same server)": _errors(control, server)}
+            "raw httpx control (same server)": _errors(control, server),
+            f"raw httpx, {args.gap_ms:g} ms idle between calls": _errors(spaced, server)}
     print(machine_line())
     print(f"TTFT error = recorded TTFT - the fake server's own time to first chunk (ms); "
           f"{args.configs + 1} configs x {args.runs} runs x 2 calls per sweep")
-    print(f"{'':34} {'n':>4} {'median':>8} {'p95':>8} {'max':>8}")
+    print(f"{'':36} {'n':>4} {'median':>8} {'p95':>8} {'max':>8}")
     for label, values in rows.items():
-        print(f"{label:34} {len(values):4d} {median(values):8.3f} {pct(values, 95):8.3f} {max(values):8.3f}")
+        print(f"{label:36} {len(values):4d} {median(values):8.3f} {pct(values, 95):8.3f} {max(values):8.3f}")
     gap = median(rows["sweep, measurement worker"]) - median(rows["raw httpx control (same server)"])
     print(f"worker median - control median: {gap:+.3f} ms (target <= 0.3); "
           f"worker p95: {pct(rows['sweep, measurement worker'], 95):.3f} ms (target <= 2)")

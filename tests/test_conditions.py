@@ -54,3 +54,31 @@ def test_contended_runs_are_named_and_a_remote_host_is_said_to_be_invisible(tmp_
     with open_read_only(path2) as con:
         remote = host_noise(con, "s")
     assert not remote.visible and not remote.affected
+
+
+def test_the_report_names_contended_runs_warns_before_tests_and_drops_an_ignored_option(tmp_path):
+    from fixtures_report import build_sweep
+
+    from tr111.paths import templates_dir
+    from tr111.report.service import generate
+    from tr111.warehouse import connect
+
+    path = tmp_path / "w.duckdb"
+    build_sweep(path, "n", seed=3, runs=3)
+    with connect(path) as con:  # one run met a CPU burner; the server kept num_ctx at 2048 throughout
+        con.execute("UPDATE llm_calls SET host_contended = (config_id = 'ctx512_temp0p6' AND run_number = 2),"
+                    " host_other_cpu_s = 0.01, host_harness_cpu_s = 0.01")
+        con.execute("UPDATE sweeps SET run_order = 'shuffled, runs of a config together', order_seed = 42,"
+                    " restarts_planned = 5")
+        con.execute("UPDATE configs SET context_length = 2048")
+    outcome = generate(path, "n", tmp_path / "out", templates_dir(), plots=False)
+    text = outcome.path.read_text(encoding="utf-8")
+    conditions = text[text.index("### 2.5 Measurement conditions"):text.index("## 3. Configuration matrix")]
+    assert "shuffled, runs of a config together (seed 42" in conditions and "5 restart(s) planned" in conditions
+    assert "ctx512_temp0p6-run2" in conditions and "ran while other processes used the CPUs" in conditions
+    assert "Ignored option: `num_ctx`" in conditions and "not analysed as a treatment" in conditions
+    for section in ("## 6.", "## 8.", "## 10.", "## 11."):
+        body = text[text.index(section):]
+        assert body.split("\n## ", 1)[0].count("**Host contention:**") == 1
+    assert outcome.context.effects["factors"] == ["temperature"]  # num_ctx left out of the ANOVA
+    assert outcome.context.effects["ignored"] == ["num_ctx"]

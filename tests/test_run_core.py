@@ -224,3 +224,17 @@ def test_the_sweep_core_runs_a_whole_run_without_prefect(fake_ollama, tmp_path, 
         assert con.execute("SELECT count(*) FROM llm_calls WHERE sweep_id = 'core-1'").fetchone()[0] == 4
         assert con.execute("SELECT count(*) FROM configs WHERE size_vram IS NOT NULL "
                            "OR ps_json IS NOT NULL").fetchone()[0] == 2
+
+
+def test_a_resume_reads_the_order_seed_the_sweep_started_with(tmp_path):
+    from tr111.warehouse import connect, writer
+    from tr111.warehouse.reader import recorded_order_seed
+
+    path = tmp_path / "w.duckdb"
+    writer.start_sweep(path, {"sweep_id": "s1", "started_at": datetime.now(UTC), "status": "running",
+                              "order_seed": 5, "run_order": "shuffled, runs of a config together"}, [])
+    with connect(path) as con:
+        assert recorded_order_seed(con, "s1") == 5 and recorded_order_seed(con, "other") is None
+    req = request(order="shuffled")
+    assert [k.name for k in planning.run_keys(req, set(), {}, {}, seed=5)] == \
+        [k.name for k in planning.run_keys(req, set(), {}, {}, seed=5)]

@@ -83,6 +83,7 @@ class Settings(BaseModel):
     gpu_telemetry: bool = True
     # The timed call in a process of its own (tr111.run.worker); off: in the orchestrator's process.
     measurement_worker: bool = True
+    worker_settle_ms: float = Field(0.0, ge=0, le=1000)  # pause before each timed call (bench/timer_in_sweep)
     # --quiet-host: before each run wait (at most this long) until other processes use less
     # than tr111.run.hostload.CONTENDED_CORE_SHARE of a core.
     quiet_host: bool = False

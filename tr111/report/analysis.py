@@ -68,11 +68,15 @@ def truncated_configs(entries: list[dict], stage: str) -> list[str]:
 
 
 def parameter_effects(configs: list[dict], runs: dict[str, dict], matrix: dict, entries: list[dict],
-                      max_order: int = 3) -> dict:
-    """Sensitivity per parameter, the ANOVA of each measure, and two-way cell-mean tables."""
-    factors = swept_factors(matrix, configs)
+                      max_order: int = 3, ignored: set[str] | frozenset = frozenset()) -> dict:
+    """Sensitivity per parameter, the ANOVA of each measure, and two-way cell-mean tables.
+
+    ``ignored``: swept options the server did not apply (tr111.report.conditions); they are
+    named in the report and left out of the analysis instead of being tested as treatments.
+    """
+    factors = [f for f in swept_factors(matrix, configs) if f not in ignored]
     out: dict[str, Any] = {"factors": factors, "anova": {}, "sensitivity": [], "pairs": [],
-                           "alpha": ALPHA, "measures": MEASURES}
+                           "alpha": ALPHA, "measures": MEASURES, "ignored": sorted(ignored)}
     if not factors:
         return out
     excluded = {m.key: truncated_configs(entries, m.stage) if m.metric.same_prompt else [] for m in MEASURES}

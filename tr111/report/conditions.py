@@ -30,6 +30,7 @@ class HostNoise:
     runs: tuple[str, ...]  # "<config>-run<N>" with at least one contended call
     max_other_cpu_share: float | None  # the worst call's other-process CPU, in cores
     visible: bool
+    recorded: bool = True  # False: a sweep made before host load was kept
 
     @property
     def affected(self) -> bool:
@@ -67,10 +68,10 @@ def host_noise(con: duckdb.DuckDBPyConnection, sweep_id: str) -> HostNoise:
               if r["host_other_cpu_s"] is not None and r["wall_ms"]]
     runs = tuple(dict.fromkeys(f"{r['config_id']}-run{r['run_number']}" for r in contended))
     # a remote server leaves other_cpu NULL while the harness's own time is still recorded
-    visible = not found or any(r["host_other_cpu_s"] is not None for r in found) or \
-        all(r["host_harness_cpu_s"] is None for r in found)
+    recorded = any(r["host_harness_cpu_s"] is not None for r in found)
+    visible = not recorded or any(r["host_other_cpu_s"] is not None for r in found)
     return HostNoise(len(found), len(contended), sum(1 for r in found if r["host_contended"] is None),
-                     runs, max(shares) if shares else None, visible)
+                     runs, max(shares) if shares else None, visible, recorded)
 
 
 def ignored_options(configs: list[dict], swept: list[str]) -> tuple[IgnoredOption, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 
 from tr111.report import analysis, history, queries, scoring, sections
+from tr111.report.conditions import Conditions, conditions as measurement_conditions
 from tr111.report.metrics import CHECKED, MEASURES, STAGE_PROMPTS, STAGES
 from tr111.report.recommend import by_config
 from tr111.report.summary import SweepComparison, SweepSummary, build_summary
@@ -50,6 +51,7 @@ class ReportContext:
     warehouse_path: str | None = None
     plots: dict = field(default_factory=dict)
     summary: SweepSummary | None = None  # built once by build_context; what every output publishes
+    conditions: Conditions | None = None  # host noise, run order, options the server ignored
 
     @property
     def aggregate(self) -> list[dict]:
@@ -114,6 +116,7 @@ def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str, *, threshold_pc
     calls = queries.call_stats(con, sweep_id)
     runs = queries.run_stats(con, sweep_id)
     items = sections.entries(configs, calls, queries.stage_stats(con, sweep_id), runs)
+    measured_under = measurement_conditions(con, sweep, configs, analysis.swept_factors(matrix, configs))
 
     extra = list(extra_scores or [])
     if score_missing:
@@ -134,7 +137,8 @@ def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str, *, threshold_pc
         sweep=sweep, matrix=matrix, environment=environment(sweep, configs), configs=configs,
         entries=items, rankings=sections.rankings(items), standing=sections.standing(items),
         population=sections.populations(items),
-        effects=analysis.parameter_effects(configs, runs, matrix, items),
+        effects=analysis.parameter_effects(configs, runs, matrix, items,
+                                           ignored=measured_under.ignored_names),
         chimera=sections.chimera(items), quality=quality,
         gpu=sections.gpu_rows(queries.gpu_stats(con, sweep_id), items),
         recommendations=sections.recommendations(items),
@@ -142,7 +146,7 @@ def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str, *, threshold_pc
         trend=history.trend_section(con, sweep),
         runs=run_list, failed_calls=queries.failed_calls(con, sweep_id, LIST_LIMIT),
         problems=queries.problems(con, sweep_id, LIST_LIMIT), counts=counts, findings={},
-        limitations=[], threshold_pct=threshold_pct,
+        limitations=[], threshold_pct=threshold_pct, conditions=measured_under,
         warehouse_path=queries.scalar(con, "SELECT file FROM pragma_database_list "
                                            "WHERE name = current_database()"))
     ctx.findings = findings(ctx)
@@ -228,6 +232,15 @@ def limitations(ctx: ReportContext) -> list[str]:
                    "context window (" + ", ".join(ctx.counts["truncated_configs"]) + "): those configs "
                    "answered a shorter prompt than the others, so their TTFT is not ranked, tested or "
                    "recommended; compare their prefill rate instead.")
+    cond = ctx.conditions
+    if cond is not None and cond.noise.affected:
+        out.append(f"{cond.noise.contended_calls} call(s) in {len(cond.noise.runs)} run(s) were timed while "
+                   "other processes used the CPUs (section 2.5): their figures include that contention.")
+    if cond is not None and not cond.noise.visible:
+        out.append("The server's host is remote: its load during the calls is unknown.")
+    for ignored in (cond.ignored if cond is not None else ()):
+        out.append(f"`{ignored.option}` was swept but the server did not apply it ({ignored.meaning} "
+                   f"{ignored.observed} at every level): it is not analysed as a parameter.")
     for key, result in ctx.effects.get("anova", {}).items():
         if result.get("note"):
             out.append(f"ANOVA of {result['metric'].name}: {result['note']}.")

@@ -92,7 +92,8 @@ def open_sweep(settings: Settings, request: SweepRequest, *,
         timeouts = dict(connect_timeout_s=plan.connect_timeout_s, read_timeout_s=plan.read_timeout_s,
                         call_timeout_s=plan.call_timeout_s)
         if settings.measurement_worker:
-            client = stack.enter_context(MeasurementWorker(server.url, **timeouts))
+            client = stack.enter_context(MeasurementWorker(server.url, settle_ms=settings.worker_settle_ms,
+                                                           **timeouts))
             client.start()  # now: its start-up is no part of the first run
         else:
             client = stack.enter_context(OllamaClient(server.url, **timeouts))
