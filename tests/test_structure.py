@@ -71,3 +71,20 @@ def test_every_error_class_lives_in_errors_py():
                     getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception")) for b in node.bases):
                 offenders.append(f"{path.relative_to(REPO)}: {node.name}")
     assert offenders == []
+
+
+def test_prefect_yaml_entrypoints_load_from_a_checkout(monkeypatch):
+    """`prefect deploy --all` from the repository root loads each entrypoint by path; the flow
+    it finds must be tr111-sweep, and the built-in matrix names it passes must resolve."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    from tr111.paths import matrix_path
+
+    monkeypatch.chdir(REPO)
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+    assert spec["deployments"]
+    for deployment in spec["deployments"]:
+        flow = load_flow_from_entrypoint(deployment["entrypoint"])
+        assert flow.name == "tr111-sweep"
+        assert matrix_path(deployment["parameters"]["matrix"]).is_file()
