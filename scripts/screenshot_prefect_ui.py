@@ -211,7 +211,7 @@ def main() -> int:
                                   wait=result["sweep_id"], click="Artifacts", then="tr111-report")]
             for key, name, wait, height in (
                     ("tr111-report", "report_artifact.png", "Executive summary", 2400),
-                    ("tr111-aggregate", "aggregate_artifact.png", "throughput_tok_s", 1000),
+                    ("tr111-aggregate", "aggregate_artifact.png", "decode_tok_s", 1000),
                     ("tr111-regressions", "regressions_artifact.png", "Regression check", 1000)):
                 if key in ids:
                     shots.append(browser.shot(f"{base}/artifacts/artifact/{ids[key]}", out_dir / name,
