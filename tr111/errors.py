@@ -7,8 +7,9 @@ connection) so that orchestration only ever sees these kinds::
 
     Tr111Error
     ├── TransientError                 retried: timeouts, connection errors, 5xx, a dropped stream
-    │   └── ServerUnavailableError     refused connection, or not back in time
-    │       └── SweepIncompleteError   gone mid-sweep for good: the unfinished runs are named
+    │   ├── ServerUnavailableError     refused connection, or not back in time
+    │   │   └── SweepIncompleteError   gone mid-sweep for good: the unfinished runs are named
+    │   └── ImplausibleMetricsError    final-chunk metrics of the wrong type, out of range, or impossible
     ├── TerminalError                  retrying cannot help
     │   ├── ConfigError                bad matrix, setting, flag or path (CLI exit code 2)
     │   ├── ModelNotFoundError         the server does not know the model (HTTP 404)
@@ -52,6 +53,10 @@ class ServerUnavailableError(TransientError):
 
 class SweepIncompleteError(ServerUnavailableError):
     """The server went away mid-sweep and did not come back: unfinished runs are named."""
+
+
+class ImplausibleMetricsError(TransientError):
+    """The server's final-chunk metrics fail validation (type, range, or the client's clock)."""
 
 
 class TerminalError(Tr111Error):

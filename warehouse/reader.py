@@ -57,3 +57,23 @@ def recorded_order_seed(con: duckdb.DuckDBPyConnection, sweep_id: str) -> int | 
     """The run-order seed a sweep was started with (None for a new sweep)."""
     row = first(con.execute("SELECT order_seed FROM sweeps WHERE sweep_id = ?", [sweep_id]))
     return None if row is None or row[0] is None else int(row[0])
+
+
+def recorded_experiment(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict | None:
+    """The matrix a sweep was started with (its ``matrix_json``, the ``model`` column winning),
+    or None for a sweep id the warehouse does not hold yet."""
+    import json
+
+    row = first(con.execute("SELECT model, matrix_json FROM sweeps WHERE sweep_id = ?", [sweep_id]))
+    if row is None:
+        return None
+    model, matrix_json = row
+    try:
+        recorded = json.loads(matrix_json) if matrix_json else {}
+    except ValueError:
+        recorded = {}
+    if not isinstance(recorded, dict):
+        recorded = {}
+    if model is not None:
+        recorded["model"] = model
+    return recorded

@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--warehouse")
     report.add_argument("--out")
 
-    query = sub.add_parser("query", help="run read-only SQL against the warehouse")
-    query.add_argument("sql")
-    query.add_argument("--warehouse")
+    from tr111.cli.query import add_query_command
+
+    add_query_command(sub)  # bounded: --timeout, --max-rows
 
     engine = sub.add_parser("engine", help="the embedded Ollama-API engine")
     engine.add_argument("action", choices=["serve"])
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return engine_main([args.action, *args.args])
         if args.command == "query":
+            from tr111.cli.query import cmd_query
+
             return cmd_query(args)
         return cmd_sweep(args)
     except ConfigError as exc:
@@ -90,37 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tr111: interrupted; rerun with the same --sweep-id to resume", file=sys.stderr)
         return 130
-
-
-def cmd_query(args) -> int:
-    import duckdb
-
-    from tr111.errors import ConfigError
-    from tr111.settings import Settings
-    from tr111.warehouse import open_read_only
-
-    settings = Settings.build(warehouse_path=args.warehouse)
-    with open_read_only(settings.warehouse_path) as con:
-        # Read-only covers the warehouse; this also refuses COPY ... TO, ATTACH, read_csv(...)
-        # of other files and extension installs: the command reads the warehouse, nothing else.
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        try:
-            cur = con.execute(args.sql)
-        except duckdb.Error as exc:
-            raise ConfigError(f"query failed: {str(exc).splitlines()[0]}") from None
-        if cur.description is None:
-            return EXIT_OK
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*names, show_lines=False)
-    for row in rows:
-        table.add_row(*("NULL" if v is None else str(v) for v in row))
-    Console(width=max(120, os.get_terminal_size(0).columns if sys.stdout.isatty() else 200)).print(table)
-    return EXIT_OK
 
 
 def cmd_sweep(args) -> int:

@@ -7,6 +7,7 @@ so that a typo fails in the test that wrote it rather than mid-request.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -25,6 +26,7 @@ FAULT_PARAMS: dict[str, tuple[type | None, float | None]] = {
     "no_metrics": (None, None),  # final chunk without durations or counts
     "slow_first": (float, 500.0),  # extra MS before the first chunk
     "die": (int, 2),             # N token chunks, then the whole server goes down (go_down())
+    "bad_metrics": (str, None),  # FIELD=JSON: the final chunk's FIELD set to JSON (NaN, "12", -1 ...)
 }
 FAULT_NAMES = tuple(FAULT_PARAMS)
 
@@ -34,12 +36,17 @@ class Fault:
     """One parsed fault: ``kind`` is a FAULT_NAMES entry, ``arg`` its parameter."""
 
     kind: str
-    arg: float | None = None
+    arg: float | str | None = None
 
     def __str__(self) -> str:
         if self.arg is None:
             return self.kind
-        return f"{self.kind}:{self.arg:g}"
+        return f"{self.kind}:{self.arg if isinstance(self.arg, str) else format(self.arg, 'g')}"
+
+    def final_override(self) -> tuple[str, object]:
+        """``bad_metrics``' (field, value) for the final chunk."""
+        name, _, raw = str(self.arg).partition("=")
+        return name, json.loads(raw)
 
 
 def parse_fault(spec: str) -> Fault:
@@ -52,6 +59,15 @@ def parse_fault(spec: str) -> Fault:
         if raw_arg:
             raise ValueError(f"fault {name!r} takes no parameter, got {spec!r}")
         return Fault(name)
+    if arg_type is str:
+        field, eq, value = raw_arg.partition("=")
+        try:
+            json.loads(value)
+        except ValueError:
+            eq = ""
+        if not field or not eq:
+            raise ValueError(f"fault {name!r} needs FIELD=JSON (e.g. eval_duration=1), got {raw_arg!r}")
+        return Fault(name, raw_arg)
     if not raw_arg:
         return Fault(name, default)
     try:

@@ -326,6 +326,9 @@ class _Generation:
                          load_duration=load_ns, prompt_eval_count=prompt_tokens,
                          prompt_eval_duration=t_gen - t_prompt, eval_count=n_tokens,
                          eval_duration=t_last - t_gen)
+        if kind == "bad_metrics":  # a server whose counters cannot be trusted
+            field, value = fault.final_override()
+            final[field] = value
         self._release_model()
         if self.stream:
             self.rec["t_done_ns"] = time.perf_counter_ns()

@@ -8,6 +8,11 @@ Timeouts (from settings): connect, read (any single wait for bytes, capped by th
 deadline), and the whole-call deadline itself, enforced while streaming by a watchdog that
 shuts the socket down, so a stall or a trickle cannot outlive it.
 
+Server values are validated, not trusted: the final chunk goes through
+``metrics.check_final_chunk`` (an ImplausibleMetricsError is transient and becomes an error
+row), and /api/ps and /api/show fields tr111 reads that do not conform become None with one
+logged warning (``sanitize_ps_entry``, ``sanitize_show``).
+
 ``transport`` is the test seam: an ``httpx.MockTransport`` exercises parsing and error
 mapping without a server (no socket: only the per-line deadline check applies then).
 """
@@ -17,6 +22,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import logging
+import math
 import socket
 import threading
 import time
@@ -28,7 +35,9 @@ import httpx
 
 from tr111.errors import (ModelNotFoundError, ServerUnavailableError, TerminalError,
                           Tr111Error, TransientError)
-from tr111.ollama.metrics import NS_PER_MS, CallResult, ServerMetrics, has_metrics
+from tr111.ollama.metrics import MAX_COUNT, NS_PER_MS, CallResult, check_final_chunk, has_metrics
+
+log = logging.getLogger(__name__)
 
 
 class OllamaClient:
@@ -64,10 +73,14 @@ class OllamaClient:
         return str(self._json("GET", "/api/version").get("version", ""))
 
     def show(self, model: str) -> dict:
-        return self._json("POST", "/api/show", {"model": model})
+        return sanitize_show(self._json("POST", "/api/show", {"model": model}))
 
     def ps(self) -> list[dict]:
-        return list(self._json("GET", "/api/ps").get("models") or [])
+        models = self._json("GET", "/api/ps").get("models") or []
+        if not isinstance(models, list):
+            log.warning("/api/ps: 'models' is not a list (%.80r); treated as empty", models)
+            return []
+        return [sanitize_ps_entry(e) for e in models if isinstance(e, dict)]
 
     def tags(self) -> list[dict]:
         return list(self._json("GET", "/api/tags").get("models") or [])
@@ -90,9 +103,12 @@ class OllamaClient:
             resp = self._http.request(method, path, json=body)
             _raise_for_status(resp, path)
             try:
-                return resp.json()
+                payload = resp.json()
             except ValueError:
                 raise TransientError(f"{path}: response is not JSON") from None
+            if not isinstance(payload, dict):
+                raise TransientError(f"{path}: response is not a JSON object")
+            return payload
 
     # --- the measured call ----------------------------------------------------
     def generate(self, model: str, prompt: str, options: dict | None = None, *,
@@ -110,6 +126,7 @@ class OllamaClient:
         result = CallResult(model=model, prompt=prompt, options=dict(options or {}),
                             started_at=datetime.now(UTC))
         pieces: list[str] = []
+        first_text_ns: int | None = None
         deadline_ns = self.call_timeout_s * 1e9
         expired = threading.Event()
         timeout = self._call_timeout()
@@ -138,12 +155,16 @@ class OllamaClient:
                             if text:
                                 if result.ttft_ms is None:
                                     result.ttft_ms = (now - t0) / NS_PER_MS
+                                    first_text_ns = now
                                 pieces.append(text)
                             if chunk.get("done"):
                                 result.wall_ms = (now - t0) / NS_PER_MS
                                 if not has_metrics(chunk):
                                     raise TransientError("final chunk carries no metrics")
-                                result.server = ServerMetrics.from_final_chunk(chunk)
+                                result.server = check_final_chunk(
+                                    chunk, wall_ms=result.wall_ms, text_chunks=len(pieces),
+                                    decode_ms=None if first_text_ns is None
+                                    else (now - first_text_ns) / NS_PER_MS)
                                 result.response = "".join(pieces)
                                 return result
                     finally:  # before the connection goes back to the pool
@@ -245,6 +266,65 @@ def _parse_line(line: str) -> dict:
     if not isinstance(chunk, dict):
         raise TransientError(f"malformed NDJSON line: {line[:80]!r}")
     return chunk
+
+
+def _conforms(value: object, kind: object) -> bool:
+    """Does ``value`` have the type and range tr111 expects of a server field of ``kind``?"""
+    if kind is str:
+        return isinstance(value, str)
+    if kind in ("bytes", "tokens"):
+        bound = 2**63 if kind == "bytes" else MAX_COUNT
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < bound
+    if kind == "strs":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "json":  # any JSON value but a non-finite number (NaN/Infinity)
+        return not (isinstance(value, float) and not math.isfinite(value))
+    return isinstance(value, dict)
+
+
+_PS_FIELDS = {"name": str, "model": str, "digest": str, "expires_at": str, "size": "bytes",
+              "size_vram": "bytes", "context_length": "tokens", "details": dict}
+_SHOW_FIELDS = {"modified_at": str, "details": dict, "model_info": dict, "capabilities": "strs"}
+_DETAIL_FIELDS = {"families": "strs"}  # every other detail is a string
+
+
+def _info_kind(key: str) -> object:
+    if key == "general.architecture":
+        return str
+    if key == "general.parameter_count":
+        return "bytes"
+    return "tokens" if key.endswith(".context_length") else "json"
+
+
+def _sanitized(where: str, raw: dict, fields: dict) -> dict:
+    """A copy of ``raw`` with each non-conforming field (and detail, model_info entry) None;
+    one warning names them all."""
+    out, nulled = dict(raw), []
+    for name, kind in fields.items():
+        if name in out and out[name] is not None and not _conforms(out[name], kind):
+            nulled.append(f"{name}={out[name]!r:.60}")
+            out[name] = None
+    for name, kind_of in (("details", lambda k: _DETAIL_FIELDS.get(k, str)), ("model_info", _info_kind)):
+        if isinstance(out.get(name), dict):
+            inner = dict(out[name])
+            for key, value in inner.items():
+                if value is not None and not _conforms(value, kind_of(key)):
+                    nulled.append(f"{name}.{key}={value!r:.60}")
+                    inner[key] = None
+            out[name] = inner
+    if nulled:
+        log.warning("%s: non-conforming fields stored as NULL: %s", where, ", ".join(nulled))
+    return out
+
+
+def sanitize_ps_entry(entry: dict) -> dict:
+    """One /api/ps model entry with the fields tr111 reads type- and range-checked."""
+    return _sanitized("/api/ps", entry, _PS_FIELDS)
+
+
+def sanitize_show(show: dict) -> dict:
+    """An /api/show answer with details, model_info, modified_at and capabilities checked."""
+    return _sanitized("/api/show", show, _SHOW_FIELDS)
 
 
 def _error_text(resp: httpx.Response) -> str:

@@ -190,6 +190,77 @@ def sweep_row(plan: SweepPlan, matrix: SweepMatrix, *, server_version: str, engi
     }
 
 
+# What defines the experiment a sweep id names: a resume must ask for the same. The run-order
+# keys (order, seed, interleave, quiet_host) may change on resume; they do not change what is
+# measured, only when.
+EXPERIMENT_KEYS = ("model", "runs", "baseline", "grid", "options", "restart", "cache_bust", "warmup")
+
+
+def experiment_fingerprint(matrix: SweepMatrix | dict) -> dict:
+    """The experiment-defining keys of a matrix (or of a recorded ``matrix_json``, with keys
+    an older tr111 did not record filled with their defaults); grid values as a set."""
+    data = matrix.model_dump(mode="json") if isinstance(matrix, SweepMatrix) else dict(matrix)
+    fingerprint = {}
+    for key in EXPERIMENT_KEYS:
+        if key in data:
+            value = data[key]
+        else:
+            value = SweepMatrix.model_fields[key].get_default(call_default_factory=True)
+        if key == "grid" and isinstance(value, dict):
+            value = {name: sorted(values, key=_grid_order) if isinstance(values, list) else values
+                     for name, values in value.items()}
+        fingerprint[key] = value
+    return fingerprint
+
+
+def experiment_changes(recorded: dict, matrix: SweepMatrix) -> list[str]:
+    """What a resume changes against the recorded matrix, one phrase per key (empty: same)."""
+    def show(value) -> str:
+        return "(unset)" if value is _UNSET else json.dumps(value, sort_keys=True)
+
+    before, after = experiment_fingerprint(recorded), experiment_fingerprint(matrix)
+    changes: list[str] = []
+    for key in EXPERIMENT_KEYS:
+        old, new = before[key], after[key]
+        if old == new:
+            continue
+        if key in ("grid", "options") and isinstance(old, dict) and isinstance(new, dict):
+            for name in sorted(set(old) | set(new), key=str):
+                o, n = old.get(name, _UNSET), new.get(name, _UNSET)
+                if o != n:
+                    changes.append(f"{key}.{name} {show(o)} -> {show(n)}")
+        else:
+            changes.append(f"{key} {show(old)} -> {show(new)}")
+    return changes
+
+
+_UNSET = object()
+
+
+def _grid_order(value) -> tuple:
+    """Numbers by value, then strings: grid values compared as a set, shown in a stable order."""
+    return (isinstance(value, str), 0 if isinstance(value, str) else value, repr(value))
+
+
+def resume_refusal(sweep_id: str, recorded: dict, matrix: SweepMatrix) -> str | None:
+    """The one-line reason a resume is refused, or None when it asks for the same experiment."""
+    changes = experiment_changes(recorded, matrix)
+    if not changes:
+        return None
+    advice = "(rerun with the same matrix and model, or a new --sweep-id)"
+    old_model, new_model = experiment_fingerprint(recorded)["model"], matrix.model
+    if len(changes) == 1 and old_model != new_model:
+        return (f"sweep {sweep_id} was started with model {_one_line(old_model)}; this resume asks"
+                f" for {_one_line(new_model)} {advice}")
+    return (f"sweep {sweep_id} was started with another experiment; this resume changes "
+            f"{_one_line('; '.join(changes))} {advice}")
+
+
+def _one_line(value) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def final_status(failed: list[str]) -> tuple[str, str | None]:
     """``completed`` or ``completed_with_errors`` with the failed runs named."""
     if not failed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tr111 import __version__, progress
-from tr111.errors import ServerUnavailableError, SweepIncompleteError, Tr111Error
+from tr111.errors import ConfigError, ServerUnavailableError, SweepIncompleteError, Tr111Error
 from tr111.ingest.corpus import check_corpus
 from tr111.matrix import load_matrix
 from tr111.run import hostload, plan as planning
@@ -20,7 +20,8 @@ from tr111.run.plan import RunKey, SweepRequest
 from tr111.run.restart import wait_until
 from tr111.settings import Settings
 from tr111.warehouse import connect, writer
-from tr111.warehouse.reader import attempt_counters, finished_runs, recorded_order_seed
+from tr111.warehouse.reader import (attempt_counters, finished_runs, recorded_experiment,
+                                    recorded_order_seed)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,22 @@ def prepare(settings: Settings, matrix: str, *, model: str | None, runs: int | N
     """Validate everything a user typed before any server is touched or a row is written."""
     request = planning.request_for(load_matrix(matrix, model=model, runs=runs), sweep_id)
     check_corpus(settings.corpus_dir)  # an empty corpus fails before any row or restart
+    if sweep_id:
+        check_same_experiment(settings.warehouse_path, request)
     return request
+
+
+def check_same_experiment(warehouse_path, request: SweepRequest) -> None:
+    """A resume (a --sweep-id the warehouse holds) must ask for the experiment it started:
+    same model, grid, options, runs, baseline, restart policy, cache_bust and warmup."""
+    if not warehouse_path.exists():
+        return
+    with connect(warehouse_path) as con:
+        recorded = recorded_experiment(con, request.sweep_id)
+    if recorded is not None:
+        refusal = planning.resume_refusal(request.sweep_id, recorded, request.matrix)
+        if refusal:
+            raise ConfigError(refusal)
 
 
 def begin(ctx: SweepContext, request: SweepRequest) -> SweepStart:
