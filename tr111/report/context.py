@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 
 from tr111.report import analysis, history, queries, scoring, sections
+from tr111.report.formatting import code, text
 from tr111.report.conditions import Conditions, conditions as measurement_conditions
 from tr111.report.metrics import CHECKED, MEASURES, STAGE_PROMPTS, STAGES
 from tr111.report.recommend import by_config
@@ -212,9 +213,9 @@ def limitations(ctx: ReportContext) -> list[str]:
                    "degrees of freedom, and a real difference smaller than the run-to-run noise "
                    "will read as \"not significant\".")
     host = ctx.environment.get("host")
-    out.append(f"One host ({host or 'unknown'}), one server ({ctx.environment['engine']} "
-               f"{ctx.environment.get('server_version') or ''}".rstrip() + "), one model "
-               f"(`{ctx.sweep.get('model')}`): results do not transfer to other hardware or models "
+    out.append(f"One host ({text(host or 'unknown')}), one server ({ctx.environment['engine']} "
+               f"{text(ctx.environment.get('server_version') or '')}".rstrip() + "), one model "
+               f"({code(ctx.sweep.get('model'))}): results do not transfer to other hardware or models "
                "without a new sweep.")
     if ctx.counts.get("cold_calls"):
         out.append(f"{ctx.counts['cold_calls']} cold call(s) paid a model load; they are excluded "

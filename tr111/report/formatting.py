@@ -8,6 +8,7 @@ interval of fewer than summary.MIN_N_CI observations "n too small".
 from __future__ import annotations
 
 import json
+import re
 import math
 from typing import Any
 
@@ -118,6 +119,27 @@ def cell(value: Any) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
 
 
+def code(value: Any) -> str:
+    """A string from outside (server, matrix, corpus) as one inline code span: the fence is
+    longer than any backtick run inside it, and a newline cannot end the line."""
+    text = "" if value is None else " ".join(str(value).splitlines())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def text(value: Any) -> str:
+    """A string from outside as prose: one line, HTML and markdown syntax shown, not obeyed."""
+    out = cell(value)
+    return re.sub(r"([`*\[\]#!])", r"\\\1", out)  # an intraword _ stays: Q4_K_M
+
+
+def fenced(value: Any) -> str:
+    """A value inside a fenced block: kept on its line, so it can never close the fence."""
+    return "" if value is None else " ".join(str(value).splitlines())
+
+
 def change_verdict(change: Any) -> str:
     """The verdict cell of one config and measure in a sweep comparison."""
     if change.regression:
@@ -143,4 +165,5 @@ def regression_table(comparison: Any) -> str:
 FILTERS = {"fmt": number, "cell": cell, "pval": pvalue, "peq": p_prose, "verdict": verdict, "ci": ci,
            "interval": interval, "pct_interval": pct_interval, "geo": geo, "level": level, "signed": signed,
            "signed_pct": signed_pct, "regression_table": regression_table,
-           "from_json": lambda text: json.loads(text or "{}")}
+           "code": code, "text": text, "fenced": fenced,
+           "from_json": lambda raw: json.loads(raw or "{}")}
