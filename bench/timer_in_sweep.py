@@ -3,25 +3,31 @@
 The fake Ollama runs in a child process and logs, per request, when it received the
 request and when it sent its first chunk (``t_first_chunk_ns - t_received_ns``: the
 server's own time to first chunk). A real ``tr111-sweep`` (Prefect flows, tasks,
-retries, rows) runs against it twice: with the measurement worker (the default: the
-timed call in a process of its own) and without (the call in the Prefect task's
-thread). Then, on the same server, a bare httpx streaming loop is the control.
+retries, rows) runs against it: with the measurement worker (the default: the timed call
+in a process of its own), CPU-pinned (TR111_PIN_CPUS=auto: the worker -- and, with
+--server-cpu measure, the fake -- on one core, the orchestrator and Prefect's ephemeral
+server on the others) and not pinned (TR111_PIN_CPUS=off), ``--pairs`` times alternately;
+then once without the worker (the call in the Prefect task's thread). Then, on the same
+server, a bare httpx streaming loop is the control.
 
 Error per call = recorded TTFT - the server's own time to first chunk. Targets
 (issue 10): median(worker) within 0.3 ms of median(control); p95(worker) <= 2 ms.
 
-    python -m bench.timer_in_sweep [--configs 5] [--runs 4] [--control-calls 60]
+    python -m bench.timer_in_sweep [--configs 5] [--runs 4] [--pairs 1] [--server-cpu measure]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from bench._common import isolated_prefect_home, machine_line, median, pct, reproduce_line
 
@@ -44,12 +50,13 @@ def _serve(conn) -> None:
 
 
 def _sweep(url: str, work: Path, name: str, matrix: Path, worker: bool,
-           settle_ms: float = 0.0) -> list[tuple[str, float]]:
+           settle_ms: float = 0.0, pin: str = "off") -> list[tuple[str, float]]:
     from tr111.flows.sweep import tr111_sweep
     from tr111.warehouse import open_read_only
 
     os.environ["TR111_MEASUREMENT_WORKER"] = "true" if worker else "false"
     os.environ["TR111_WORKER_SETTLE_MS"] = str(settle_ms)
+    os.environ["TR111_PIN_CPUS"] = pin
     wh = work / f"{name}.duckdb"
     result = tr111_sweep(matrix=str(matrix), ollama_url=url, warehouse=str(wh), out=str(work / "out"),
                          restart="none", report=False, sweep_id=name)
@@ -78,6 +85,38 @@ def _control(url: str, prompts: list[str], model: str, gap_s: float = 0.0) -> li
     return out
 
 
+@contextmanager
+def _pinned_server(pid: int, pin: str, where: str) -> Iterator[str]:
+    """The fake (started by this script, as tr111 starts its embedded engine) onto the worker's
+    core (``measure``), the orchestrator's (``rest``) or left alone (``any``) while a pinned
+    sweep runs; put back afterwards. Yields where it went, in words."""
+    from tr111.run.worker import pin_process, plan_pinning, unpin_process
+
+    plan = plan_pinning(pin)
+    if plan is None or where == "any":
+        yield "fake server not pinned"
+        return
+    cpus = plan.measure if where == "measure" else plan.rest
+    saved = pin_process(pid, cpus)
+    try:
+        yield f"fake server on CPU {','.join(map(str, sorted(cpus)))}"
+    finally:
+        unpin_process(pid, saved)
+
+
+@contextmanager
+def _pinned_self(cpus: frozenset[int] | None) -> Iterator[None]:
+    """This process (the control's client) on ``cpus`` for a while."""
+    from tr111.run.worker import pin_process, unpin_process
+
+    saved = pin_process(os.getpid(), cpus) if cpus else {}
+    try:
+        yield
+    finally:
+        if saved:
+            unpin_process(os.getpid(), saved)
+
+
 def _errors(recorded: list[tuple[str, float]], server: dict[str, float]) -> list[float]:
     return [ttft - server[prompt] for prompt, ttft in recorded if prompt in server and ttft is not None]
 
@@ -89,12 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-calls", type=int, default=60)
     parser.add_argument("--gap-ms", type=float, default=150.0,
                         help="idle time between the spaced control's calls (a sweep's calls are apart too)")
-    parser.add_argument("--settle-ms", type=float, default=5.0,
-                        help="the worker's pause before each timed call, for the third sweep")
+    parser.add_argument("--settle-ms", type=float, default=0.0,
+                        help="with > 0: one more sweep, the worker pausing this long before each call")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="pinned / not pinned worker sweeps, alternately, this many times each")
+    parser.add_argument("--server-cpu", choices=("measure", "rest", "any"), default="measure",
+                        help="where a pinned sweep puts the fake server: the worker's core, the others, unpinned")
     args = parser.parse_args(argv)
     isolated_prefect_home()
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ["TR111_GPU_TELEMETRY"] = "false"
+    from tr111.run.worker import plan_pinning
+
+    plan = plan_pinning("auto")
     work = Path(tempfile.mkdtemp(prefix="tr111-timer-"))
     matrix = work / "m.yaml"
     levels = ", ".join(str(1024 + 256 * i) for i in range(args.configs))
@@ -106,32 +152,59 @@ def main(argv: list[str] | None = None) -> int:
     proc = ctx.Process(target=_serve, args=(child,), daemon=True)
     proc.start()
     url = parent.recv()
+    pinned: list[tuple[str, float]] = []
+    unpinned: list[tuple[str, float]] = []
+    settled: list[tuple[str, float]] = []
+    seen: list[str] = []
+    from tr111 import progress
+
+    unsubscribe = progress.subscribe(lambda event, data: seen.append(data["status"])
+                                     if event == "cpu_pinning" else None)
+    placed = "fake server not pinned"
     try:
-        worker = _sweep(url, work, "timer-worker", matrix, worker=True)
-        settled = _sweep(url, work, "timer-settle", matrix, worker=True, settle_ms=args.settle_ms)
+        for i in range(args.pairs):
+            with _pinned_server(proc.pid, "auto", args.server_cpu) as placed:
+                pinned += _sweep(url, work, f"timer-worker-pinned-{i}", matrix, worker=True, pin="auto")
+            unpinned += _sweep(url, work, f"timer-worker-{i}", matrix, worker=True, pin="off")
+        if args.settle_ms > 0:
+            settled = _sweep(url, work, "timer-settle", matrix, worker=True, settle_ms=args.settle_ms, pin="off")
         inproc = _sweep(url, work, "timer-inprocess", matrix, worker=False)
-        prompts = [p for p, _ in worker][: args.control_calls]
+        prompts = [p for p, _ in unpinned][: args.control_calls]
         control = _control(url, [p.replace("timer-worker", "timer-control") for p in prompts], "gemma3:latest")
         spaced = _control(url, [p.replace("timer-worker", "timer-spaced") for p in prompts], "gemma3:latest",
                           gap_s=args.gap_ms / 1000.0)
+        with _pinned_server(proc.pid, "auto", args.server_cpu), _pinned_self(plan and plan.measure):
+            control_pinned = _control(url, [p.replace("timer-worker", "timer-ctlpin") for p in prompts],
+                                      "gemma3:latest") if plan else []
     finally:
+        unsubscribe()
         parent.send("stop")
         server = dict(parent.recv())
         proc.join(10)
-    rows = {"sweep, measurement worker": _errors(worker, server),
-            f"sweep, worker, {args.settle_ms:g} ms settle": _errors(settled, server),
-            "sweep, call in the Prefect task": _errors(inproc, server),
-            "raw httpx control (same server)": _errors(control, server),
-            f"raw httpx, {args.gap_ms:g} ms idle between calls": _errors(spaced, server)}
+    rows = {"sweep, worker, CPU-pinned": _errors(pinned, server),
+            "sweep, worker, not pinned": _errors(unpinned, server)}
+    if settled:
+        rows[f"sweep, worker, {args.settle_ms:g} ms settle"] = _errors(settled, server)
+    rows.update({"sweep, call in the Prefect task": _errors(inproc, server),
+                 "raw httpx control (same server)": _errors(control, server),
+                 f"raw httpx, {args.gap_ms:g} ms idle between calls": _errors(spaced, server)})
+    if control_pinned:
+        rows["raw httpx, pinned like the worker"] = _errors(control_pinned, server)
     print(machine_line())
     print(f"TTFT error = recorded TTFT - the fake server's own time to first chunk (ms); "
-          f"{args.configs + 1} configs x {args.runs} runs x 2 calls per sweep")
+          f"{args.configs + 1} configs x {args.runs} runs x 2 calls per sweep, {args.pairs} pinned/unpinned pair(s)")
+    for status in dict.fromkeys(seen):
+        print(f"pinning reported by a sweep: {status}")
+    print(f"pinned sweeps: {placed}")
     print(f"{'':36} {'n':>4} {'median':>8} {'p95':>8} {'max':>8}")
     for label, values in rows.items():
-        print(f"{label:36} {len(values):4d} {median(values):8.3f} {pct(values, 95):8.3f} {max(values):8.3f}")
-    gap = median(rows["sweep, measurement worker"]) - median(rows["raw httpx control (same server)"])
-    print(f"worker median - control median: {gap:+.3f} ms (target <= 0.3); "
-          f"worker p95: {pct(rows['sweep, measurement worker'], 95):.3f} ms (target <= 2)")
+        print(f"{label:36} {len(values):4d} {median(values):8.3f} {pct(values, 95):8.3f} "
+              f"{max(values, default=math.nan):8.3f}")
+    floor = median(rows["raw httpx control (same server)"])
+    for label in ("sweep, worker, CPU-pinned", "sweep, worker, not pinned"):
+        values = rows[label]
+        print(f"{label}: median - control median {median(values) - floor:+.3f} ms (target <= 0.3); "
+              f"p95 {pct(values, 95):.3f} ms (target <= 2; {pct(values, 95) - floor:+.3f} over the control median)")
     print(reproduce_line("bench.timer_in_sweep", argv or []))
     return 0
 

@@ -8,6 +8,7 @@ tr111.run.sweep; this flow composes it with the run subflows and the artifacts.
 from __future__ import annotations
 
 from prefect import flow
+from prefect.exceptions import TerminationSignal
 from prefect.utilities.annotations import quote
 
 from tr111.errors import SweepIncompleteError, TerminalError
@@ -60,6 +61,10 @@ def tr111_sweep(matrix: str = "quick", sweep_id: str | None = None,
             raise
         except TerminalError as exc:
             sweep.finish(ctx, "failed", str(exc))
+            raise
+        except (KeyboardInterrupt, TerminationSignal) as exc:  # the call in flight is abandoned
+            sweep.interrupted(ctx, "SIGTERM" if isinstance(exc, TerminationSignal)
+                              or getattr(exc, "signum", 2) == 15 else "SIGINT")
             raise
         status, note = planning.final_status(failed)
         sweep.finish(ctx, status, note)

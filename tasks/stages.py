@@ -19,7 +19,6 @@ from tr111.ingest.corpus import fingerprint_corpus, ingest_corpus
 from tr111.run import stages
 from tr111.run.context import SweepContext
 from tr111.run.plan import RunKey, SweepPlan
-from tr111.warehouse import writer
 
 
 def transient_only(task, task_run, state) -> bool:
@@ -59,7 +58,7 @@ def llm_call(ctx: SweepContext, key: RunKey, stage: str, source_text: str):
     attempt = key.first_call_attempts.get(stage, 1) + (current_task_run.run_count or 1) - 1
     prompt = stages.build_prompt(plan, key, stage, source_text)
     call = stages.call_stage(ctx, key, stage, prompt, attempt,
-                             lambda row: writer.record_call_attempt(plan.warehouse_path, row))
+                             lambda row: stages.record_attempt(plan, row))
     return {"call": call, "attempt": attempt}
 
 
@@ -67,9 +66,5 @@ def llm_call(ctx: SweepContext, key: RunKey, stage: str, source_text: str):
       retry_condition_fn=transient_only)
 def record(plan: SweepPlan, run: dict, calls: list[dict], problems: list[dict]):
     t0 = time.perf_counter_ns()
-    if problems:
-        writer.record_ingest_problems(plan.warehouse_path, plan.sweep_id,
-                                      run.get("corpus_fingerprint") or "", problems)
-    run = {**run, "record_ms": None}
-    writer.record_run(plan.warehouse_path, run, calls)
+    stages.record_stage(plan, run, calls, problems)
     return stages.elapsed_ms(t0)

@@ -172,7 +172,7 @@ def build_sweep(path: Path, sweep_id: str, *, seed: int = 0, slow: str | None = 
         scale[slow] = SLOW_FACTOR
     matrix = dict(MATRIX, runs=runs)
     env = {"host": "fixture-host", "os": "Linux-test", "python": "3.11.7", "cpu": "Test CPU",
-           "cpu_count": 2, "memory_gib": 8.0,
+           "cpu_count": 2, "memory_gib": 8.0, "cpu_pinning": "on: worker on CPU 1, this process on CPU 0",
            "gpus": [{"index": 0, "name": "NVIDIA Test GPU", "driver": "550.00", "memory_total_mb": 12288}],
            "show": {"details": {"family": "gemma3", "format": "gguf", "parameter_size": "4.3B",
                                 "quantization_level": "Q4_K_M"}}}

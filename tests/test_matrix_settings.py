@@ -110,3 +110,17 @@ def test_settings_reject_unknown_fields_and_shell_strings():
     with pytest.raises(ConfigError):
         Settings.build(restart_command="systemctl restart ollama")
     assert Settings.build(restart_command=["systemctl", "restart", "ollama"]).restart_command[0] == "systemctl"
+
+
+def test_the_engine_s_own_variables_are_not_refused_as_typos(monkeypatch):
+    """TR111_ENGINE_* are read by the engine process a sweep starts (tr111.engine.limits)."""
+    from tr111 import settings as settings_module
+    from tr111.engine import limits
+
+    assert settings_module.ENGINE_ENV == {limits.WRITE_TIMEOUT_ENV, limits.IDLE_TIMEOUT_ENV,
+                                          limits.MAX_BODY_ENV, limits.MEMORY_LIMIT_ENV}
+    monkeypatch.setenv(limits.WRITE_TIMEOUT_ENV, "5")
+    assert settings_module.Settings.build().engine == "auto"
+    monkeypatch.setenv("TR111_ENGINE_WRITE_TIMEOUTS", "5")
+    with pytest.raises(ConfigError, match="unknown setting TR111_ENGINE_WRITE_TIMEOUTS"):
+        settings_module.Settings.build()

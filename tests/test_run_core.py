@@ -219,6 +219,8 @@ def test_the_sweep_core_runs_a_whole_run_without_prefect(fake_ollama, tmp_path, 
         assert client.pid is None  # the context stopped the measurement worker it started
     finally:
         unsubscribe()
+    assert events.count("cpu_pinning") == 1  # decided once, when the worker starts
+    events = [e for e in events if e != "cpu_pinning"]
     assert events[:3] == ["server", "telemetry", "start"] and events.count("run") == 2
     with open_read_only(settings.warehouse_path) as con:
         assert con.execute("SELECT count(*) FROM llm_calls WHERE sweep_id = 'core-1'").fetchone()[0] == 4

@@ -77,3 +77,10 @@ def output_defaults(home: Path | None = None) -> OutputDefaults:
         return OutputDefaults(Path("warehouse/tr111.duckdb"), Path("reports"))
     base = home or data_home()
     return OutputDefaults(base / "tr111.duckdb", base / "reports")
+
+
+def sidecar_dir(warehouse_path: Path) -> Path:
+    """``<warehouse>.d/`` beside the DuckDB file: sweep leases and pending run shards live there,
+    so that neither needs the warehouse's single-writer lock."""
+    warehouse_path = Path(warehouse_path)
+    return warehouse_path.with_name(warehouse_path.name + ".d")

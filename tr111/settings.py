@@ -21,6 +21,10 @@ DEFAULT_OLLAMA_PORT = 11434
 
 RestartStrategy = Literal["none", "unload", "command", "embedded"]
 EngineChoice = Literal["auto", "ollama", "embedded"]
+# Read by the embedded engine's own process (tr111.engine.limits), which it inherits: known here
+# so that a sweep does not refuse them as typos.
+ENGINE_ENV = frozenset({"TR111_ENGINE_WRITE_TIMEOUT_S", "TR111_ENGINE_IDLE_TIMEOUT_S",
+                        "TR111_ENGINE_MAX_BODY_BYTES", "TR111_ENGINE_MEMORY_LIMIT_BYTES"})
 
 
 def ollama_url_from_host(value: str | None) -> str:
@@ -84,10 +88,15 @@ class Settings(BaseModel):
     # The timed call in a process of its own (tr111.run.worker); off: in the orchestrator's process.
     measurement_worker: bool = True
     worker_settle_ms: float = Field(0.0, ge=0, le=1000)  # pause before each timed call (bench/timer_in_sweep)
+    # auto: with >= 2 CPUs the worker gets a core of its own, the orchestrator the others (tr111.run.worker)
+    pin_cpus: Literal["auto", "off"] = "auto"
     # --quiet-host: before each run wait (at most this long) until other processes use less
     # than tr111.run.hostload.CONTENDED_CORE_SHARE of a core.
     quiet_host: bool = False
     quiet_host_timeout_s: float = Field(120.0, gt=0, le=86400)
+    # A finished run is a durable shard first (tr111.warehouse.shards); a merge that meets another
+    # process's lock leaves it pending, and the sweep's last merge waits at most this long.
+    warehouse_lock_wait_s: float = Field(600.0, gt=0, le=86400)
 
     @model_validator(mode="before")
     @classmethod
@@ -118,7 +127,7 @@ class Settings(BaseModel):
         """Settings from the environment plus explicit overrides (None means unset)."""
         values: dict[str, object] = {}
         env = os.environ
-        known = {f"TR111_{name.upper()}" for name in cls.model_fields}
+        known = {f"TR111_{name.upper()}" for name in cls.model_fields} | ENGINE_ENV
         unknown = sorted(k for k in env if k.startswith("TR111_") and k not in known)
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]}; known: {', '.join(sorted(known))}")

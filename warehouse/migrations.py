@@ -166,3 +166,15 @@ def m004_run_order_and_host_load(con: duckdb.DuckDBPyConnection) -> None:
                          ("host_server_cpu_s", "DOUBLE"), ("host_harness_cpu_s", "DOUBLE"),
                          ("host_contended", "BOOLEAN")):
         con.execute(f"ALTER TABLE llm_calls ADD COLUMN {column} {kind}")
+
+
+@migration
+def m005_shards_and_owner(con: duckdb.DuckDBPyConnection) -> None:
+    """Merged run shards (tr111.warehouse.shards: a repeated merge is a no-op) and the process
+    that owns each sweep (tr111.run.lease)."""
+    con.execute("""
+        CREATE TABLE _merged_shards (
+            name VARCHAR PRIMARY KEY, sweep_id VARCHAR, kind VARCHAR, rows INTEGER,
+            merged_at TIMESTAMPTZ)""")
+    con.execute("ALTER TABLE sweeps ADD COLUMN owner_host VARCHAR")
+    con.execute("ALTER TABLE sweeps ADD COLUMN owner_pid INTEGER")

@@ -77,3 +77,9 @@ def recorded_experiment(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict |
     if model is not None:
         recorded["model"] = model
     return recorded
+
+
+def running_sweeps(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Sweeps recorded as ``running``: live ones hold a lease (tr111.run.lease), others were
+    interrupted."""
+    return [r[0] for r in con.execute("SELECT sweep_id FROM sweeps WHERE status = 'running'").fetchall()]

@@ -1,4 +1,9 @@
-"""Every write tr111 makes: one short transaction per call, rows sent through pyarrow."""
+"""Every write tr111 makes: one short transaction per call, rows sent through pyarrow.
+
+Measurements (call attempts, finished runs, what the server said about a config) are made
+durable as a shard first (tr111.warehouse.shards) and merged right after when the warehouse
+is free; a lock held by another process leaves them pending instead of losing them.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ from typing import Any, Iterable
 import duckdb
 import pyarrow as pa
 
-from tr111.warehouse.connection import connect, first
+from tr111.warehouse import shards
+from tr111.warehouse.connection import connect, first, storage_error
 
 TS = pa.timestamp("us", tz="UTC")
 S, F, I, B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
@@ -21,7 +27,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("ollama_url", S), ("server_version", S), ("matrix_json", S), ("host", S), ("engine", S),
         ("engine_model_file", S), ("tr111_version", S), ("environment_json", S),
         ("cache_bust", B), ("warmup", B), ("corpus_dir", S), ("note", S),
-        ("order_seed", I), ("run_order", S), ("restarts_planned", I)]),
+        ("order_seed", I), ("run_order", S), ("restarts_planned", I), ("owner_host", S),
+        ("owner_pid", I)]),
     "configs": pa.schema([
         ("sweep_id", S), ("config_id", S), ("num_gpu", I), ("num_ctx", I), ("temperature", F),
         ("options_json", S), ("is_baseline", B), ("show_json", S), ("ps_json", S),
@@ -54,6 +61,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("missing_sections", S), ("ungrounded_numbers", I), ("notes", S), ("scorer_version", S),
         ("scored_at", TS)]),
 }
+SHARD_SCHEMAS = {**SCHEMAS, shards.CONFIG_INFO: shards.CONFIG_INFO_SCHEMA}  # what a shard may hold
+MERGE_WAIT_S = 1.0  # a merge after a run waits this long for a lock, then leaves its shard pending
 
 
 def to_json(value: Any) -> str | None:
@@ -62,7 +71,7 @@ def to_json(value: Any) -> str | None:
 
 def arrow_table(table: str, rows: Iterable[dict]) -> pa.Table:
     """Rows -> an Arrow table of the table's schema; unknown keys are an error."""
-    schema = SCHEMAS[table]
+    schema = SHARD_SCHEMAS[table]
     rows = list(rows)
     for row in rows:
         extra = set(row) - set(schema.names)
@@ -88,18 +97,34 @@ def _insert(con, table: str, rows: list[dict], *, replace: bool = False,
             pass
 
 
-def _transaction(path: Path, work) -> None:
-    with connect(path) as con:
+def _transaction(path: Path, work, *, timeout_s: float = 60.0, on_lock=None) -> None:
+    with connect(path, timeout_s=timeout_s, on_lock=on_lock) as con:
         con.execute("BEGIN TRANSACTION")
         try:
             work(con)
             con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
+        except Exception as exc:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # a failed COMMIT (disk full) leaves no transaction: keep the real cause
+            mapped = storage_error(exc, path) if isinstance(exc, duckdb.Error) else None
+            if mapped is not None:
+                raise mapped from None
             raise
 
 
-def start_sweep(path: Path, sweep: dict, configs: list[dict]) -> None:
+def store(path: Path, sweep_id: str, kind: str, tables: dict[str, list[dict]], *,
+          merge_wait_s: float = MERGE_WAIT_S, on_lock=None) -> shards.MergeOutcome:
+    """Rows made durable as a shard, then merged with every pending shard of the sweep if the
+    warehouse frees within ``merge_wait_s`` (else they wait for the next merge)."""
+    batch = {table: arrow_table(table, rows) for table, rows in tables.items() if rows}
+    shards.write_shard(Path(path), sweep_id, batch, kind)
+    return shards.merge_pending(Path(path), sweep_id, timeout_s=merge_wait_s, on_lock=on_lock)
+
+
+def start_sweep(path: Path, sweep: dict, configs: list[dict], *, timeout_s: float = 60.0,
+                on_lock=None) -> None:
     """Insert (or, on resume, refresh) the sweep row and its configs."""
     def work(con):
         exists = first(con.execute("SELECT started_at FROM sweeps WHERE sweep_id = ?",
@@ -109,39 +134,48 @@ def start_sweep(path: Path, sweep: dict, configs: list[dict]) -> None:
             row["started_at"] = exists[0]
         _insert(con, "sweeps", [row], replace=True)
         _insert(con, "configs", configs, ignore=True)  # keep /api/ps info from earlier runs
-    _transaction(Path(path), work)
+    _transaction(Path(path), work, timeout_s=timeout_s, on_lock=on_lock)
 
 
-def finish_sweep(path: Path, sweep_id: str, status: str, note: str | None = None) -> None:
+def finish_sweep(path: Path, sweep_id: str, status: str, note: str | None = None, *,
+                 timeout_s: float = 60.0, on_lock=None) -> None:
     def work(con):
         con.execute("UPDATE sweeps SET status = ?, finished_at = ?, note = ? WHERE sweep_id = ?",
                     [status, datetime.now(UTC), note, sweep_id])
-    _transaction(Path(path), work)
+    _transaction(Path(path), work, timeout_s=timeout_s, on_lock=on_lock)
+
+
+def mark_interrupted(path: Path, sweep_ids: list[str], note: str) -> None:
+    """Sweeps left ``running`` by an owner that is gone (its lease is free)."""
+    def work(con):
+        for sweep_id in sweep_ids:
+            con.execute("UPDATE sweeps SET status = 'interrupted', note = ? "
+                        "WHERE sweep_id = ? AND status = 'running'", [note, sweep_id])
+    if sweep_ids:
+        _transaction(Path(path), work)
 
 
 def update_config_server_info(path: Path, sweep_id: str, config_id: str, *, show: dict | None,
-                              ps: dict | None) -> None:
+                              ps: dict | None, on_lock=None) -> shards.MergeOutcome:
     """What the server says about the model as loaded for this config (/api/show, /api/ps)."""
-    def work(con):
-        con.execute(
-            "UPDATE configs SET show_json = ?, ps_json = ?, size_vram = ?, context_length = ? "
-            "WHERE sweep_id = ? AND config_id = ?",
-            [to_json(show), to_json(ps), (ps or {}).get("size_vram"),
-             (ps or {}).get("context_length"), sweep_id, config_id])
-    _transaction(Path(path), work)
+    row = {"sweep_id": sweep_id, "config_id": config_id, "show_json": to_json(show),
+           "ps_json": to_json(ps), "size_vram": (ps or {}).get("size_vram"),
+           "context_length": (ps or {}).get("context_length")}
+    return store(path, sweep_id, "config-info", {shards.CONFIG_INFO: [row]}, on_lock=on_lock)
 
 
-def record_call_attempt(path: Path, row: dict) -> None:
-    """A failed attempt is written at once, so a crash later cannot lose it."""
-    _transaction(Path(path), lambda con: _insert(con, "llm_calls", [row]))
+def record_call_attempt(path: Path, row: dict, *, on_lock=None) -> shards.MergeOutcome:
+    """A failed attempt is made durable at once, so a crash later cannot lose it."""
+    return store(path, row["sweep_id"], "attempt", {"llm_calls": [row]}, on_lock=on_lock)
 
 
-def record_run(path: Path, run: dict, calls: list[dict]) -> None:
-    """A finished run and its successful calls, atomically: all or nothing."""
-    def work(con):
-        _insert(con, "llm_calls", calls, replace=True)
-        _insert(con, "runs", [run], replace=True)
-    _transaction(Path(path), work)
+def record_run(path: Path, run: dict, calls: list[dict], problems: list[dict] | None = None,
+               *, on_lock=None) -> shards.MergeOutcome:
+    """A finished run, its successful calls and its corpus's problems: one shard, all or nothing."""
+    rows = [{"sweep_id": run["sweep_id"], "corpus_fingerprint": run.get("corpus_fingerprint") or "",
+             **p} for p in problems or []]
+    return store(path, run["sweep_id"], "run", {"llm_calls": calls, "runs": [run],
+                                                "ingest_problems": rows}, on_lock=on_lock)
 
 
 def record_ingest_problems(path: Path, sweep_id: str, fingerprint: str, problems: list[dict]) -> None:

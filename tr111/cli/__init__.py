@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tr111.cli.query import add_query_command
 
     add_query_command(sub)  # bounded: --timeout, --max-rows
+    from tr111.cli.sweeps import add_sweeps_command
+
+    add_sweeps_command(sub)  # status (interrupted when the owner is gone), owner, progress
 
     engine = sub.add_parser("engine", help="the embedded Ollama-API engine")
     engine.add_argument("action", choices=["serve"])
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             from tr111.cli.query import cmd_query
 
             return cmd_query(args)
+        if args.command == "sweeps":
+            from tr111.cli.sweeps import cmd_sweeps
+
+            return cmd_sweeps(args)
         return cmd_sweep(args)
     except ConfigError as exc:
         print(f"tr111: error: {exc}", file=sys.stderr)
@@ -89,9 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     except Tr111Error as exc:
         print(f"tr111: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("tr111: interrupted; rerun with the same --sweep-id to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or tr111.errors.Interrupted from SIGTERM
+        signum = getattr(exc, "signum", 2)
+        name = "SIGTERM" if signum == 15 else "SIGINT"
+        sweep_id = getattr(args, "sweep_id", None)
+        hint = f"; rerun with --sweep-id {sweep_id} to resume" if args.command == "sweep" and sweep_id else ""
+        print(f"tr111: interrupted by {name}{hint}", file=sys.stderr)
+        return 128 + signum
 
 
 def cmd_sweep(args) -> int:
@@ -103,13 +115,18 @@ def cmd_sweep(args) -> int:
     from tr111.cli.progress import progress_display
     from tr111.matrix import load_matrix, validate_id
 
+    from tr111.run.plan import new_sweep_id
+
     load_matrix(args.matrix, model=args.model, runs=args.runs)  # bad input: fail before Prefect
     if args.sweep_id:
         validate_id(args.sweep_id, "sweep id")
+    else:
+        args.sweep_id = new_sweep_id()  # named now, so an interrupted sweep can say how to resume
     _preflight(args)
+    from tr111.flows.prefect_server import own_prefect_server
     from tr111.flows.sweep import tr111_sweep
 
-    with progress_display():
+    with _signals_as_exceptions(), own_prefect_server(), progress_display():
         result = tr111_sweep(matrix=args.matrix, sweep_id=args.sweep_id, ollama_url=args.ollama_url,
                              engine=args.engine, model=args.model, runs=args.runs,
                              restart=args.restart, corpus=args.corpus, warehouse=args.warehouse,
@@ -122,6 +139,29 @@ def cmd_sweep(args) -> int:
     if result.get("report"):
         print(f"report: {result['report']}")
     return EXIT_OK if result["status"] == "completed" else EXIT_FAILED
+
+
+@contextmanager
+def _signals_as_exceptions():
+    """SIGTERM raises tr111.errors.Interrupted in the main thread, as Ctrl-C raises
+    KeyboardInterrupt: the call in flight is abandoned, every ``with`` block (engine, worker,
+    Prefect server, lease) closes on the way out, and main() prints one line."""
+    import signal
+
+    from tr111.errors import Interrupted
+
+    def on_term(signum, frame):
+        raise Interrupted(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (an embedding caller): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _preflight(args) -> None:
@@ -140,4 +180,9 @@ def _preflight(args) -> None:
         check_corpus(settings.corpus_dir)
     except EmptyCorpusError as exc:
         raise ConfigError(str(exc)) from None
+    from tr111.run.lease import refuse_if_held
+    from tr111.run.sweep import check_output_paths
+
+    check_output_paths(settings, report=not args.no_report)  # before Prefect starts, not after the sweep
+    refuse_if_held(settings.warehouse_path, args.sweep_id)  # a second process: one line, now
 

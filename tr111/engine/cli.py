@@ -12,6 +12,16 @@ import time
 
 from tr111.errors import ConfigError
 
+from .limits import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_WRITE_TIMEOUT_S,
+    IDLE_TIMEOUT_ENV,
+    MAX_BODY_ENV,
+    MEMORY_LIMIT_ENV,
+    WRITE_TIMEOUT_ENV,
+    EngineLimits,
+)
 from .models import DEFAULT_MODEL_NAME, ModelRegistry, packaged_gemma_digest, packaged_gemma_path, parse_model_spec
 from .options import RunnerOptions, default_thread_count
 
@@ -33,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=None,
                        help="default llama.cpp threads (num_thread overrides per request; "
                             "default: all CPUs available to the process)")
+    serve.add_argument("--write-timeout", type=float, default=None, metavar="SECONDS",
+                       help="drop a client that accepts no bytes for this long and stop its generation "
+                            f"(env {WRITE_TIMEOUT_ENV}; default {DEFAULT_WRITE_TIMEOUT_S:g})")
+    serve.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                       help="close a keep-alive connection that sends no request for this long "
+                            f"(env {IDLE_TIMEOUT_ENV}; default {DEFAULT_IDLE_TIMEOUT_S:g})")
+    serve.add_argument("--max-body-bytes", type=int, default=None, metavar="BYTES",
+                       help="answer 413 to larger request bodies "
+                            f"(env {MAX_BODY_ENV}; default {DEFAULT_MAX_BODY_BYTES})")
+    serve.add_argument("--memory-limit-bytes", type=int, default=None, metavar="BYTES",
+                       help="memory a KV cache may take; a larger num_ctx is refused with 500 "
+                            f"(env {MEMORY_LIMIT_ENV}; default: MemAvailable)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.add_argument("--exit-with-parent", action="store_true",
                        help="exit when the launching process dies (used by EmbeddedEngine)")
@@ -72,17 +94,19 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     os._exit(0)
 
 
-def serve(host: str, port: int, model_specs: list[str], threads: int | None, exit_with_parent: bool = False) -> int:
+def serve(host: str, port: int, model_specs: list[str], threads: int | None, exit_with_parent: bool = False,
+          limits: EngineLimits | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then end the process (it does not return)."""
     from .server import EngineHTTPServer  # after argument parsing: keeps --help instant
 
     registry = build_registry(model_specs)
     runner_defaults = RunnerOptions(n_threads=threads or default_thread_count())
-    server = EngineHTTPServer((host, port), registry, runner_defaults)
+    limits = limits or EngineLimits.build()
+    server = EngineHTTPServer((host, port), registry, runner_defaults, limits)
     bound_host, bound_port = server.server_address[:2]
-    log.info("tr111 embedded engine listening on http://%s:%d (models: %s, threads: %d)",
+    log.info("tr111 embedded engine listening on http://%s:%d (models: %s, threads: %d, %s)",
              bound_host, bound_port, ", ".join(e.name for e in registry.entries()),
-             runner_defaults.n_threads)
+             runner_defaults.n_threads, limits)
     threading.Thread(target=_warm_up, args=(registry,), name="warm-up", daemon=True).start()
     if exit_with_parent:
         threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), name="parent-watch", daemon=True).start()
@@ -106,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
-            return serve(args.host, args.port, args.model, args.threads, args.exit_with_parent)
+            limits = EngineLimits.build(write_timeout_s=args.write_timeout, idle_timeout_s=args.idle_timeout,
+                                        max_body_bytes=args.max_body_bytes,
+                                        memory_limit_bytes=args.memory_limit_bytes)
+            return serve(args.host, args.port, args.model, args.threads, args.exit_with_parent, limits)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -69,11 +69,13 @@ class EmbeddedEngine:
         threads: int | None = None,
         startup_timeout_s: float = 60.0,
         log_path: str | Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or find_free_port(host)
         self.threads = threads
         self.startup_timeout_s = startup_timeout_s
+        self.extra_env = dict(env or {})  # e.g. TR111_ENGINE_WRITE_TIMEOUT_S (see limits.py)
         self.model_files: dict[str, Path] = {normalize_name(name): Path(path) for name, path in (models or {}).items()}
         if normalize_name(DEFAULT_MODEL_NAME) not in self.model_files:
             # Resolve (assemble + verify) once here; restarts then skip the hash check.
@@ -108,7 +110,7 @@ class EmbeddedEngine:
         """Start the child and wait until /api/version answers; no-op when running."""
         if self.is_running:
             return self
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.log_path, "ab") as log_file:

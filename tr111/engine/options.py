@@ -100,8 +100,61 @@ _ACCEPTED_UNUSED = {"numa", "main_gpu", "low_vram", "vocab_only", "f16_kv", "log
                     "penalize_newline", "tfs_z"}
 
 
+# Bounds of numeric options, checked before any conversion (no NaN, no overflow).
+# Integers are Go ints in Ollama and int32 in llama.cpp; floats are float32.
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_NUM_CTX = 2**24  # beyond any model; the memory check refuses far smaller ones
+MAX_THREADS = 512  # GGML_MAX_N_THREADS
+_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "num_ctx": (0, MAX_NUM_CTX),  # 0: the default
+    "num_gpu": (-1, INT32_MAX),  # -1: all layers the backend can take
+    "num_thread": (0, MAX_THREADS),  # 0: the default
+    "num_batch": (0, 2**20),  # 0: the default
+    "top_k": (0, INT32_MAX),
+    "repeat_last_n": (-1, INT32_MAX),  # -1: the whole context
+    "mirostat": (0, 2),
+    "seed": (INT64_MIN, INT64_MAX),  # negative: random
+    "num_predict": (-2, INT32_MAX),  # -1: until a stop, -2: fill the context
+    "num_keep": (-1, INT32_MAX),
+    "temperature": (0, FLOAT32_MAX),
+    "top_p": (0, 1),
+    "min_p": (0, 1),
+    "typical_p": (0, 1),
+    "repeat_penalty": (0, FLOAT32_MAX),
+    "presence_penalty": (-FLOAT32_MAX, FLOAT32_MAX),
+    "frequency_penalty": (-FLOAT32_MAX, FLOAT32_MAX),
+    "mirostat_tau": (0, FLOAT32_MAX),
+    "mirostat_eta": (0, FLOAT32_MAX),
+}
+
+
+def json_number_text(value: float | int) -> str:
+    """A number as JSON (or JavaScript) spells it, shortened: NaN, Infinity, 1e+308."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return f"{value:.6g}"
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:8]}...({len(text)} digits)"
+
+
+def _check_range(key: str, value: float | int) -> None:
+    """400 naming the option when ``value`` is NaN, infinite or out of its range."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(f"option {key!r} must be a finite number, got {json_number_text(value)}")
+    low, high = _BOUNDS.get(key, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        wanted = (f"at least {json_number_text(low)}" if value < low and high >= FLOAT32_MAX
+                  else f"between {json_number_text(low)} and {json_number_text(high)}")
+        raise OptionError(f"option {key!r} must be {wanted}, got {json_number_text(value)}")
+
+
 def _coerce(key: str, value: Any, kind: type) -> Any:
-    """Type rules of Ollama's Options.FromMap (JSON numbers arrive as floats)."""
+    """Type rules of Ollama's Options.FromMap (JSON numbers arrive as floats), then ranges."""
     if kind is bool:
         if not isinstance(value, bool):
             raise OptionError(f"option {key!r} must be of type boolean")
@@ -109,10 +162,12 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise OptionError(f"option {key!r} must be of type integer")
+        _check_range(key, value)
         return int(value)
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise OptionError(f"option {key!r} must be of type float32")
+        _check_range(key, value)
         return float(value)
     if isinstance(value, str):  # a single stop string is tolerated
         return (value,)
@@ -131,6 +186,7 @@ def parse_options(
         raise OptionError("options must be a JSON object")
     runner_values: dict[str, Any] = {}
     sampling_values: dict[str, Any] = {}
+    unknown: list[str] = []
     for key, value in raw.items():
         if value is None:
             continue
@@ -141,7 +197,11 @@ def parse_options(
             field, kind = _SAMPLING_FIELDS[key]
             sampling_values[field] = _coerce(key, value, kind)
         elif key not in _ACCEPTED_UNUSED:
-            log.warning("invalid option provided option=%s", key)
+            unknown.append(key)
+    if unknown:  # one line, names shortened: keys come from the client
+        shown = ", ".join(repr(key[:40]) for key in unknown[:5])
+        log.warning("invalid option provided option=%s%s", shown,
+                    f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
     if runner_values.get("n_ctx", 1) <= 0:
         runner_values.pop("n_ctx")
     if runner_values.get("n_threads", 1) <= 0:  # Ollama: 0 lets the runtime decide
@@ -168,11 +228,11 @@ def parse_keep_alive(raw: Any) -> int:
     if isinstance(raw, bool):
         raise OptionError("Unsupported type: 'bool'")
     if isinstance(raw, (int, float)):
+        if isinstance(raw, float) and not math.isfinite(raw):
+            raise OptionError(f"keep_alive must be a finite number of seconds, got {json_number_text(raw)}")
         if raw < 0:
             return KEEP_ALIVE_FOREVER_NS
-        if not math.isfinite(raw):
-            return KEEP_ALIVE_FOREVER_NS
-        return int(raw * 1_000_000_000)
+        return _saturate(raw * 1_000_000_000)
     if not isinstance(raw, str):
         raise OptionError(f"Unsupported type: '{type(raw).__name__}'")
     text = raw.strip()
@@ -180,7 +240,7 @@ def parse_keep_alive(raw: Any) -> int:
     body = text.lstrip("+-")
     if re.fullmatch(r"\d+(?:\.\d*)?", body):  # lenient: a bare number is seconds
         seconds = float(body)
-        return KEEP_ALIVE_FOREVER_NS if negative and seconds > 0 else int(seconds * 1e9)
+        return KEEP_ALIVE_FOREVER_NS if negative and seconds > 0 else _saturate(seconds * 1e9)
     total_ns = 0.0
     position = 0
     for match in _GO_DURATION_PART.finditer(body):
@@ -189,7 +249,15 @@ def parse_keep_alive(raw: Any) -> int:
         total_ns += float(match.group(1)) * _GO_UNIT_NS[match.group(2)]
         position = match.end()
     if not body or position != len(body):
-        raise OptionError(f'time: invalid duration "{raw}"')
+        shown = raw if len(raw) <= 64 else f"{raw[:32]}...({len(raw)} characters)"
+        raise OptionError(f'time: invalid duration "{shown}"')
     if negative and total_ns > 0:
+        return KEEP_ALIVE_FOREVER_NS
+    return _saturate(total_ns)
+
+
+def _saturate(total_ns: float | int) -> int:
+    """A duration past Go's largest (~292 years) is forever: 1e308 s must not overflow."""
+    if total_ns >= KEEP_ALIVE_FOREVER_NS:
         return KEEP_ALIVE_FOREVER_NS
     return int(total_ns)

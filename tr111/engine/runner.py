@@ -156,12 +156,51 @@ class SamplerClock:
         del self._llm.sample  # back to the class method
 
 
+_CUT_MARGIN_TOKENS = 16
+
+
+def max_piece_bytes(loaded: LoadedModel) -> int:
+    """The longest token text in bytes (a scan of the vocabulary, ~0.4 s, once per load)."""
+    if not loaded.max_piece_bytes:
+        import llama_cpp
+
+        vocab = loaded.llm._model.vocab
+        buffer = ctypes.create_string_buffer(_PIECE_BUFFER_BYTES)
+        longest = 1
+        for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+            length = llama_cpp.llama_token_to_piece(vocab, token, buffer, _PIECE_BUFFER_BYTES, 0, True)
+            longest = max(longest, abs(length))
+        loaded.max_piece_bytes = longest
+    return loaded.max_piece_bytes
+
+
 def tokenize(loaded: LoadedModel, prompt: str, num_keep: int) -> list[int]:
-    """Prompt tokens as the model will see them, truncated to fit the context."""
+    """Prompt tokens as the model will see them, truncated to fit the context.
+
+    A prompt far longer than the context is cut before tokenizing (tokenizing
+    16 MB takes ~25 s): no token is longer than ``max_piece_bytes``, so a tail
+    of (n_ctx + margin) x that many characters holds more tokens than the
+    context, and truncate_prompt keeps only the head's num_keep tokens and the
+    tail's last ones, exactly what it would keep from the whole prompt (up to
+    how a token split by the cut would merge, and those are dropped anyway).
+    """
     llm = loaded.llm
+    n_ctx = loaded.runner_options.n_ctx
+    if num_keep >= 0 and len(prompt) > 8 * (n_ctx + num_keep + 2 * _CUT_MARGIN_TOKENS):
+        piece = max_piece_bytes(loaded)
+        head_chars = (num_keep + 1 + _CUT_MARGIN_TOKENS) * piece
+        tail_chars = (n_ctx + _CUT_MARGIN_TOKENS) * piece
+        if head_chars + tail_chars < len(prompt):
+            head = llm.tokenize(prompt[:head_chars].encode("utf-8"), add_bos=True, special=True)
+            tail = llm.tokenize(prompt[-tail_chars:].encode("utf-8"), add_bos=False, special=True)
+            adds_bos = bool(head) and head[0] == llm.token_bos()
+            log.info("prompt of %d characters cut to its first %d and last %d before tokenizing",
+                     len(prompt), head_chars, tail_chars)
+            keep = num_keep + (1 if adds_bos else 0)
+            return truncate_prompt(head[:keep] + tail, n_ctx, num_keep, adds_bos)
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
     adds_bos = bool(tokens) and tokens[0] == llm.token_bos()
-    return truncate_prompt(tokens, loaded.runner_options.n_ctx, num_keep, adds_bos)
+    return truncate_prompt(tokens, n_ctx, num_keep, adds_bos)
 
 
 def generate(
@@ -179,7 +218,7 @@ def generate(
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stops = StopMatcher(sampling.stop)
     num_predict = sampling.num_predict
-    llm.set_seed(sampling.seed if sampling.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED)
+    llm.set_seed(sampling.seed % 2**32 if sampling.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED)
     llm.last_n_tokens_size = n_ctx if sampling.repeat_last_n < 0 else sampling.repeat_last_n
 
     tokens_out = llm.generate(

@@ -18,6 +18,7 @@ from typing import Any
 
 from tr111.errors import ModelLoadError
 
+from .limits import check_memory, required_bytes
 from .models import ModelEntry
 from .options import KEEP_ALIVE_FOREVER_NS, RunnerOptions
 
@@ -66,6 +67,7 @@ class LoadedModel:
     expires_monotonic_ns: int = 0
     busy: bool = False
     piece_cache: dict[int, tuple[bytes, bool]] = field(default_factory=dict, repr=False)
+    max_piece_bytes: int = 0  # longest token text, measured on the first huge prompt
 
     @property
     def context_length(self) -> int:
@@ -124,7 +126,8 @@ def _load_llama(entry: ModelEntry, options: RunnerOptions) -> LoadedModel:
 class Scheduler:
     """Owns the one loaded model; hands it out one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_limit_bytes: int | None = None) -> None:
+        self._memory_limit_bytes = memory_limit_bytes  # None: MemAvailable at each load
         self._turn = FifoLock()
         self._state = threading.Condition()  # guards _loaded for /api/ps and the reaper
         self._loaded: LoadedModel | None = None
@@ -154,11 +157,16 @@ class Scheduler:
         """Return the model ready to run and the ns spent loading it (call inside ``turn``).
 
         A different model or different runner options unload the current one first.
+        A load whose KV cache would not fit in memory raises InsufficientMemory
+        and leaves the current model loaded.
         """
         start_ns = time.perf_counter_ns()
         with self._state:
             current = self._loaded
-        if current is not None and (current.entry is not entry or current.runner_options != options):
+        changed = current is not None and (current.entry is not entry or current.runner_options != options)
+        if current is None or changed:
+            self._check_memory(entry, options, current)
+        if changed:
             reason = "model" if current.entry is not entry else "runner options"
             log.info("reloading: %s changed (%s -> %s)", reason, current.runner_options, options)
             self._unload_current()
@@ -212,6 +220,17 @@ class Scheduler:
             self._unload_current()
 
     # -- internals -----------------------------------------------------------
+
+    def _check_memory(self, entry: ModelEntry, options: RunnerOptions, current: LoadedModel | None) -> None:
+        try:
+            info, file_size = entry.info, entry.size
+            reclaimable = 0
+            if current is not None:
+                reclaimable = required_bytes(current.entry.info, current.runner_options.n_ctx,
+                                             current.runner_options.use_mmap, current.entry.size)
+        except (OSError, ValueError):  # an unreadable header fails at load with its own message
+            return
+        check_memory(info, options.n_ctx, options.use_mmap, file_size, self._memory_limit_bytes, reclaimable)
 
     def _unload_current(self) -> None:
         release(self.detach_for_unload())

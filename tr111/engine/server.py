@@ -4,6 +4,12 @@
 NDJSON line go straight to the socket: one ``sendall`` per token with
 TCP_NODELAY, so streaming costs microseconds per token. A failed write means
 the client left, and generation stops there.
+
+Protection (limits.py): a connection waits for its next request at most the
+idle timeout; every write has the write timeout, and a streaming client whose
+bytes stop leaving the send queue for that long is dropped, so a reader that
+never reads holds the scheduler's turn for seconds, not forever. Bodies over
+the body limit get 413 unread; bad options and model names get 400.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tr111.errors import BadRequest, ClientGone, ModelLoadError
+from tr111.errors import BadRequest, ClientGone, InsufficientMemory, ModelLoadError, PayloadTooLarge
 
 from .api_models import VERSION, ResponseShape, dumps, metrics, ps_payload, show_payload, tags_payload
+from .limits import EngineLimits, check_model_name, content_length, drain
 from .models import ModelEntry, ModelRegistry
+from .ndjson import NdjsonStream
 from .options import RunnerOptions, parse_keep_alive, parse_options
 from .runner import generate, tokenize
 from .scheduler import Scheduler, release
@@ -38,11 +46,13 @@ class EngineHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], registry: ModelRegistry, runner_defaults: RunnerOptions) -> None:
+    def __init__(self, address: tuple[str, int], registry: ModelRegistry, runner_defaults: RunnerOptions,
+                 limits: EngineLimits | None = None) -> None:
         super().__init__(address, EngineRequestHandler)
         self.registry = registry
         self.runner_defaults = runner_defaults
-        self.scheduler = Scheduler()
+        self.limits = limits or EngineLimits.build()
+        self.scheduler = Scheduler(memory_limit_bytes=self.limits.memory_limit_bytes)
 
     def server_close(self) -> None:
         super().server_close()
@@ -73,8 +83,22 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
     server: EngineHTTPServer
 
     def setup(self) -> None:
+        self.timeout = self.server.limits.idle_timeout_s  # StreamRequestHandler applies it
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle_one_request(self) -> None:
+        """Wait for the next request line at most the idle timeout (stdlib closes on timeout)."""
+        try:
+            self.connection.settimeout(self.server.limits.idle_timeout_s)
+        except OSError:
+            self.close_connection = True
+            return
+        super().handle_one_request()
+
+    def _writing(self) -> None:
+        """From here on the socket is written: each write gets the write timeout."""
+        self.connection.settimeout(self.server.limits.write_timeout_s)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)
@@ -82,12 +106,14 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
     # -- routing -----------------------------------------------------------------
 
     def do_HEAD(self) -> None:
+        self._writing()
         if self.path in ("/", "/api/version"):
             self._send_bytes(HTTPStatus.OK, b"", "text/plain; charset=utf-8")
         else:
             self._send_bytes(HTTPStatus.NOT_FOUND, b"", "text/plain; charset=utf-8")
 
     def do_GET(self) -> None:
+        self._writing()
         route = self.path.split("?", 1)[0]
         if route == "/":
             self._send_bytes(HTTPStatus.OK, b"Ollama is running", "text/plain; charset=utf-8")
@@ -105,15 +131,24 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
         route = self.path.split("?", 1)[0]
         handlers = {"/api/generate": self._generate, "/api/chat": self._chat, "/api/show": self._show}
         handler = handlers.get(route)
-        if handler is None:
-            self._discard_body()
-            self._send_json(HTTPStatus.NOT_FOUND, {"error": "404 page not found"})
-            return
         try:
+            if handler is None:
+                self._discard_body()
+                self._writing()
+                self._send_json(HTTPStatus.NOT_FOUND, {"error": "404 page not found"})
+                return
             body = self._read_json()
+            self._writing()
             handler(body, started_ns)
+        except PayloadTooLarge as exc:
+            self._refuse_body(exc)
         except BadRequest as exc:  # OptionError included
-            self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            self._writing()
+            self._send_json(exc.status, {"error": str(exc)})
+        except TimeoutError:  # the body stalled past the idle timeout
+            log.info("request body not received within %.1f s; connection closed",
+                     self.server.limits.idle_timeout_s)
+            self.close_connection = True
 
     # -- endpoints ---------------------------------------------------------------
 
@@ -172,7 +207,8 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
                 return
             try:
                 loaded, load_ns = scheduler.ensure_loaded(entry, runner_options, keep_alive_ns)
-            except ModelLoadError as exc:
+            except (ModelLoadError, InsufficientMemory) as exc:
+                log.warning("load refused: %s", exc)
                 self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)})
                 return
             to_release = None
@@ -192,7 +228,7 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
                         started_ns: int, load_ns: int, keep_alive_ns: int, with_context: bool) -> None:
         scheduler = self.server.scheduler
         pieces: list[str] = []
-        streamer = _NdjsonStream(self) if stream else None
+        streamer = NdjsonStream(self) if stream else None
 
         def on_text(text: str) -> None:
             if streamer is not None:
@@ -205,8 +241,8 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
         try:
             tokens = tokenize(loaded, prompt, sampling.num_keep)
             result = generate(loaded, tokens, sampling, on_text)
-        except ClientGone:
-            log.info("client disconnected; generation stopped")
+        except ClientGone as exc:
+            log.info("client disconnected; generation stopped%s", f" ({exc})" if str(exc) else "")
             self.close_connection = True
             return
         except (RuntimeError, ValueError) as exc:
@@ -238,17 +274,22 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
         if not name:
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": "model is required"})
             return None
+        check_model_name(name)  # 400, before the name is used anywhere
         entry = self.server.registry.get(name)
         if entry is None:
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"model '{name}' not found"})
         return entry
 
     def _read_json(self) -> dict:
-        length_header = self.headers.get("Content-Length")
+        length = content_length(self.headers.get("Content-Length"))
+        limit = self.server.limits.max_body_bytes
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            raw = self._read_chunked()
+            raw = self._read_chunked(limit)
         else:
-            raw = self.rfile.read(int(length_header)) if length_header else b""
+            if length is not None and length > limit:
+                raise PayloadTooLarge(f"request body too large: {length} bytes, the limit is {limit} bytes",
+                                      partial=length)
+            raw = self.rfile.read(length) if length else b""
         if not raw.strip():
             raise BadRequest("missing request body")
         try:
@@ -260,21 +301,47 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
                              "into Go value of type request object")
         return body
 
-    def _read_chunked(self) -> bytes:
+    def _read_chunked(self, limit: int) -> bytes:
         parts = []
+        total = 0
         while True:
-            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            except ValueError as exc:
+                raise BadRequest("invalid chunked request body") from exc
             if size == 0:
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass
+                for _ in range(100):
+                    if self.rfile.readline(1024) in (b"\r\n", b"\n", b""):
+                        break
                 return b"".join(parts)
+            total += size
+            if size < 0 or total > limit:
+                raise PayloadTooLarge(f"request body too large: over {limit} bytes, the limit is {limit} bytes")
             parts.append(self.rfile.read(size))
-            self.rfile.readline()
+            self.rfile.readline(1024)
 
     def _discard_body(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        """Throw away the body of a request that needs none (not kept in memory)."""
+        length = content_length(self.headers.get("Content-Length"))
+        if length and length > self.server.limits.max_body_bytes:
+            raise PayloadTooLarge(f"request body too large: {length} bytes, "
+                                  f"the limit is {self.server.limits.max_body_bytes} bytes", partial=length)
         if length:
-            self.rfile.read(length)
+            drain(self.rfile, length)
+
+    def _refuse_body(self, exc: PayloadTooLarge) -> None:
+        """413 now, then read and drop what the client is still sending (bounded), then close.
+
+        Reading it means a client that writes the whole body before reading
+        (most do) sees the 413 rather than a connection reset.
+        """
+        log.warning("%s", exc)
+        self._writing()
+        self.close_connection = True
+        self._send_json(exc.status, {"error": str(exc)})
+        length = exc.partial if isinstance(exc.partial, int) else None
+        drain(self.rfile, length)
 
     def _client_alive(self) -> bool:
         """False once the peer has closed its side (a readable socket with no data)."""
@@ -294,13 +361,15 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             if data and self.command != "HEAD":
                 self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # broken pipe, reset, or the write timeout
             self.close_connection = True
 
-    def _fail(self, streamer: _NdjsonStream | None, message: str) -> None:
+    def _fail(self, streamer: NdjsonStream | None, message: str) -> None:
         """Ollama sends an error object in the stream once streaming has begun."""
         if streamer is not None and streamer.started:
             try:
@@ -310,30 +379,3 @@ class EngineRequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
         else:
             self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": message})
-
-
-class _NdjsonStream:
-    """Chunked NDJSON body; headers go out with the first line, as in Ollama."""
-
-    def __init__(self, handler: EngineRequestHandler) -> None:
-        self._handler = handler
-        self._socket = handler.connection
-        self.started = False
-
-    def write_line(self, line: bytes) -> None:
-        try:
-            if not self.started:
-                self._handler.send_response(HTTPStatus.OK)
-                self._handler.send_header("Content-Type", "application/x-ndjson")
-                self._handler.send_header("Transfer-Encoding", "chunked")
-                self._handler.end_headers()
-                self.started = True
-            self._socket.sendall(b"%x\r\n%b\r\n" % (len(line), line))
-        except OSError as exc:  # BrokenPipe, ConnectionReset, timeouts
-            raise ClientGone() from exc
-
-    def close(self) -> None:
-        try:
-            self._socket.sendall(b"0\r\n\r\n")
-        except OSError as exc:
-            raise ClientGone() from exc

@@ -84,6 +84,7 @@ def environment(sweep: dict, configs: list[dict]) -> dict:
     return {
         "host": env.get("host") or sweep.get("host"), "os": env.get("os"), "python": env.get("python"),
         "cpu": env.get("cpu"), "cpu_count": env.get("cpu_count"), "memory_gib": env.get("memory_gib"),
+        "cpu_pinning": env.get("cpu_pinning"),
         "gpus": env.get("gpus") or [], "engine": sweep.get("engine") or "ollama",
         "server_version": sweep.get("server_version"), "engine_model_file": sweep.get("engine_model_file"),
         "tr111_version": sweep.get("tr111_version"), "model": sweep.get("model"),

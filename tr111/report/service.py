@@ -37,6 +37,13 @@ def generate(warehouse: str | Path, sweep: str | None, out_dir: str | Path, temp
              threshold_pct: float | None = None, plots: bool = True) -> ReportOutcome:
     """Render ``<out_dir>/<sweep_id>/technical_report.md`` and everything beside it."""
     sweep_id = resolve(warehouse, sweep)
+    from tr111.errors import Tr111Error
+    from tr111.run.lease import reconcile
+
+    try:
+        reconcile(Path(warehouse))  # a sweep whose process died reads "interrupted", not "running"
+    except Tr111Error:
+        pass  # a read-only or locked warehouse: the report still renders what is recorded
     _, unstored = ensure_quality_scores(warehouse, sweep_id)
     # Phases in sequence, the warehouse closed while plotting: the peak footprint is the
     # largest phase, not the sum (DuckDB's buffers are released before matplotlib loads).

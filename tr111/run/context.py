@@ -14,7 +14,9 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from tr111.ollama.client import OllamaClient
+from tr111 import progress
 from tr111.run.hostload import local_server_pid, server_on_host
+from tr111.run.lease import SweepLease
 from tr111.run.plan import SweepPlan, SweepRequest, restart_strategy_for
 from tr111.run.server import ServerHandle, open_server
 from tr111.run.worker import MeasurementWorker
@@ -26,16 +28,18 @@ class SweepContext:
     parameters as JSON, and an object without ``__dict__`` is stored as a placeholder
     instead of being walked field by field (clients, threads, processes)."""
 
-    __slots__ = ("plan", "server", "client", "control", "telemetry", "described", "_ollama_pid")
+    __slots__ = ("plan", "server", "client", "control", "telemetry", "described", "lease",
+                 "_ollama_pid")
 
     def __init__(self, plan: SweepPlan, server: ServerHandle, client: OllamaClient,
-                 control: OllamaClient, telemetry) -> None:
+                 control: OllamaClient, telemetry, lease: SweepLease | None = None) -> None:
         self.plan = plan
         self.server = server
         self.client = client  # timed calls (a MeasurementWorker, or an in-process OllamaClient)
         self.control = control  # version, /api/ps, /api/show, restarts: connect timeout only
         self.telemetry = telemetry  # a GpuTelemetry (maybe disabled), or None when switched off
         self.described: set[str] = set()  # configs whose /api/show and /api/ps are recorded
+        self.lease = lease  # this process's lease on the sweep id (tr111.run.lease)
         self._ollama_pid: int | None = None
 
     def server_pid(self) -> int | None:
@@ -71,9 +75,15 @@ def _telemetry(enabled: bool):
 @contextmanager
 def open_sweep(settings: Settings, request: SweepRequest, *,
                url_explicit: bool = False) -> Iterator[SweepContext]:
-    """Pick (or start) the server, open the clients and the sampler; close all on exit."""
+    """Lease the sweep id, pick (or start) the server, open the clients and the sampler;
+    close all on exit. The lease comes first: a second process with the same id must
+    refuse before it starts an engine or touches the server."""
     matrix = request.matrix
     with ExitStack() as stack:
+        lease = stack.enter_context(SweepLease(settings.warehouse_path, request.sweep_id))
+        if lease.previous is not None:
+            progress.emit("lease_taken_over", sweep_id=request.sweep_id,
+                          previous=lease.previous.describe())
         server = stack.enter_context(open_server(
             settings.engine, settings.ollama_url, matrix.model, url_explicit=url_explicit,
             threads=settings.engine_threads, connect_timeout_s=settings.connect_timeout_s))
@@ -88,16 +98,19 @@ def open_sweep(settings: Settings, request: SweepRequest, *,
             read_timeout_s=settings.read_timeout_s, call_timeout_s=settings.call_timeout_s,
             cache_bust=matrix.cache_bust, warmup=matrix.warmup, gpu_telemetry=settings.gpu_telemetry,
             quiet_host=settings.quiet_host or matrix.quiet_host,
-            quiet_host_timeout_s=settings.quiet_host_timeout_s)
+            quiet_host_timeout_s=settings.quiet_host_timeout_s,
+            warehouse_lock_wait_s=settings.warehouse_lock_wait_s)
         timeouts = dict(connect_timeout_s=plan.connect_timeout_s, read_timeout_s=plan.read_timeout_s,
                         call_timeout_s=plan.call_timeout_s)
         if settings.measurement_worker:
+            # pin_cpus: the worker on a core of its own, this process and its ephemeral Prefect
+            # server on the others, put back when the block ends (tr111.run.worker)
             client = stack.enter_context(MeasurementWorker(server.url, settle_ms=settings.worker_settle_ms,
-                                                           **timeouts))
+                                                           pin_cpus=settings.pin_cpus, **timeouts))
             client.start()  # now: its start-up is no part of the first run
         else:
             client = stack.enter_context(OllamaClient(server.url, **timeouts))
         telemetry = _telemetry(plan.gpu_telemetry)
         if telemetry is not None:
             stack.callback(telemetry.close)
-        yield SweepContext(plan, server, client, control, telemetry)
+        yield SweepContext(plan, server, client, control, telemetry, lease)

@@ -7,6 +7,7 @@ so resume bookkeeping and row shapes are unit-tested without Prefect or a server
 from __future__ import annotations
 
 import json
+import os
 import random
 import secrets
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class SweepPlan:
     gpu_telemetry: bool = True
     quiet_host: bool = False  # wait for other processes to leave the CPUs before each run
     quiet_host_timeout_s: float = 120.0
+    warehouse_lock_wait_s: float = 600.0  # the sweep's last merge waits this long for a lock
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ def sweep_row(plan: SweepPlan, matrix: SweepMatrix, *, server_version: str, engi
         "engine_model_file": engine_model_file, "tr111_version": version,
         "environment_json": json.dumps({**environment, "show": show_digest(show)}, default=str),
         "cache_bust": plan.cache_bust, "warmup": plan.warmup, "corpus_dir": str(plan.corpus_dir),
+        "owner_host": environment["host"], "owner_pid": os.getpid(),
     }
 
 

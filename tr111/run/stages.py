@@ -19,10 +19,13 @@ from tr111.run.context import SweepContext
 from tr111.run.plan import STAGES, RunKey, SweepPlan, should_restart
 from tr111.run.prompts import analysis_prompt, report_prompt, run_nonce
 from tr111.run.restart import RestartOutcome, restart_server
+from tr111 import progress
+from tr111.warehouse import writer
+from tr111.warehouse.shards import MergeOutcome
 from tr111.warehouse.writer import to_json
 
 __all__ = ["STAGES", "WARMUP_PROMPT", "restart_stage", "build_prompt", "call_stage", "finish_run",
-           "truncation", "classify_run_calls", "elapsed_ms"]
+           "truncation", "classify_run_calls", "elapsed_ms", "record_stage", "record_attempt"]
 
 WARMUP_PROMPT = "Warm-up request: reply with one word."
 CHARS_PER_TOKEN = 4.0  # rough English estimate, used only to spot silent truncation
@@ -164,3 +167,27 @@ def _wall(call: CallResult | None) -> float | None:
 
 def elapsed_ms(t0_ns: int) -> float:
     return (time.perf_counter_ns() - t0_ns) / NS_PER_MS
+
+
+def tell_lock(holder: str | None) -> None:
+    """The warehouse is locked by another process: name it (the CLI prints it once)."""
+    progress.emit("warehouse_locked", holder=holder or "another process")
+
+
+def _after_merge(plan: SweepPlan, outcome: MergeOutcome) -> MergeOutcome:
+    if outcome.pending:
+        progress.emit("shards_pending", pending=outcome.pending, holder=outcome.holder,
+                      warehouse=str(plan.warehouse_path))
+    return outcome
+
+
+def record_attempt(plan: SweepPlan, row: dict) -> MergeOutcome:
+    """A failed call attempt: durable at once (a shard), merged if the warehouse is free."""
+    return _after_merge(plan, writer.record_call_attempt(plan.warehouse_path, row, on_lock=tell_lock))
+
+
+def record_stage(plan: SweepPlan, run: dict, calls: list[dict], problems: list[dict]) -> MergeOutcome:
+    """The finished run: one durable shard (run, calls, ingest problems), then merged with any
+    shards a lock left pending; a lock never stops the sweep."""
+    return _after_merge(plan, writer.record_run(plan.warehouse_path, {**run, "record_ms": None}, calls,
+                                                problems, on_lock=tell_lock))
