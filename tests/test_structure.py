@@ -84,7 +84,13 @@ def test_prefect_yaml_entrypoints_load_from_a_checkout(monkeypatch):
     monkeypatch.chdir(REPO)
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
     assert spec["deployments"]
+    flows = {"flows/sweep.py:tr111_sweep": "tr111-sweep", "flows/fleet.py:tr111_fleet": "tr111-fleet",
+             "flows/fleet.py:tr111_fleet_config": "tr111-fleet-config"}
     for deployment in spec["deployments"]:
         flow = load_flow_from_entrypoint(deployment["entrypoint"])
-        assert flow.name == "tr111-sweep"
-        assert matrix_path(deployment["parameters"]["matrix"]).is_file()
+        assert flow.name == flows[deployment["entrypoint"]]
+        if "matrix" in deployment.get("parameters", {}):
+            assert matrix_path(deployment["parameters"]["matrix"]).is_file()
+        if flow.name != "tr111-sweep":  # a fleet flow runs on the fleet's pool, the coordinator on control
+            assert deployment["work_pool"]["name"] == "tr111-fleet"
+            assert (deployment["work_pool"]["work_queue_name"] == "control") == (flow.name == "tr111-fleet")

@@ -178,3 +178,18 @@ def m005_shards_and_owner(con: duckdb.DuckDBPyConnection) -> None:
             merged_at TIMESTAMPTZ)""")
     con.execute("ALTER TABLE sweeps ADD COLUMN owner_host VARCHAR")
     con.execute("ALTER TABLE sweeps ADD COLUMN owner_pid INTEGER")
+
+
+@migration
+def m006_fleet(con: duckdb.DuckDBPyConnection) -> None:
+    """Fleet sweeps (tr111.fleet): the host each run and call ran on, the fleet a sweep belongs
+    to, and what each host reported about itself."""
+    con.execute("ALTER TABLE runs ADD COLUMN host VARCHAR")
+    con.execute("ALTER TABLE llm_calls ADD COLUMN host VARCHAR")
+    con.execute("ALTER TABLE sweeps ADD COLUMN fleet_id VARCHAR")
+    con.execute("ALTER TABLE sweeps ADD COLUMN fleet_mode VARCHAR")
+    con.execute("""
+        CREATE TABLE fleet_hosts (
+            sweep_id VARCHAR, host_id VARCHAR, server_url VARCHAR, server_version VARCHAR,
+            engine VARCHAR, environment_json VARCHAR, seen_at TIMESTAMPTZ,
+            PRIMARY KEY (sweep_id, host_id))""")

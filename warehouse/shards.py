@@ -31,7 +31,7 @@ from tr111.errors import ConfigError, StorageError, WarehouseLockedError
 from tr111.paths import sidecar_dir
 from tr111.warehouse.connection import connect, storage_error
 
-REPLACE_TABLES = ("llm_calls", "runs", "ingest_problems")  # merged by primary key
+REPLACE_TABLES = ("llm_calls", "runs", "ingest_problems", "fleet_hosts")  # merged by primary key
 CONFIG_INFO = "config_info"  # merged as an UPDATE of configs: what /api/show and /api/ps said
 CONFIG_INFO_SCHEMA = pa.schema([
     ("sweep_id", pa.string()), ("config_id", pa.string()), ("show_json", pa.string()),
@@ -46,9 +46,10 @@ class MergeOutcome:
     holder: str | None = None  # who held the lock, when one stopped the merge
 
 
-def shards_dir(warehouse_path: Path, sweep_id: str | None = None) -> Path:
-    root = sidecar_dir(Path(warehouse_path)) / "shards"
-    return root / sweep_id if sweep_id else root
+def shards_dir(warehouse_path: Path, sweep_id: str | None = None, root: Path | None = None) -> Path:
+    """``root`` (a fleet's shared folder) or ``<warehouse>.d/shards``, per sweep."""
+    base = Path(root) if root is not None else sidecar_dir(Path(warehouse_path)) / "shards"
+    return base / sweep_id if sweep_id else base
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,9 +60,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_shard(warehouse_path: Path, sweep_id: str, tables: dict[str, pa.Table], kind: str) -> Path:
+def write_shard(warehouse_path: Path, sweep_id: str, tables: dict[str, pa.Table], kind: str,
+                root: Path | None = None) -> Path:
     """Write the tables as one shard, atomically (temp folder, fsync, rename); its path."""
-    folder = shards_dir(warehouse_path, sweep_id)
+    folder = shards_dir(warehouse_path, sweep_id, root)
     name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{kind}"
     tmp = folder / f"{TMP_PREFIX}{name}"
     try:
@@ -91,12 +93,12 @@ def write_shard(warehouse_path: Path, sweep_id: str, tables: dict[str, pa.Table]
     return final
 
 
-def pending_shards(warehouse_path: Path, sweep_id: str | None = None) -> list[Path]:
+def pending_shards(warehouse_path: Path, sweep_id: str | None = None, root: Path | None = None) -> list[Path]:
     """Shards written but not merged yet, oldest first (all sweeps when ``sweep_id`` is None)."""
-    root = shards_dir(warehouse_path)
-    if not root.is_dir():
+    base = shards_dir(warehouse_path, None, root)
+    if not base.is_dir():
         return []
-    sweeps = [root / sweep_id] if sweep_id else [p for p in root.iterdir() if p.is_dir()]
+    sweeps = [base / sweep_id] if sweep_id else [p for p in base.iterdir() if p.is_dir()]
     found = [s for d in sweeps if d.is_dir() for s in d.iterdir()
              if s.is_dir() and not s.name.startswith(TMP_PREFIX) and (s / "manifest.json").is_file()]
     return sorted(found, key=lambda p: p.name)
@@ -134,10 +136,10 @@ def _merge_one(con: duckdb.DuckDBPyConnection, shard: Path) -> None:
 
 
 def merge_pending(warehouse_path: Path, sweep_id: str | None = None, *, timeout_s: float = 1.0,
-                  on_lock=None) -> MergeOutcome:
-    """Merge every pending shard (of one sweep, or all); a lock past ``timeout_s`` leaves them
-    pending and names its holder instead of failing."""
-    todo = pending_shards(warehouse_path, sweep_id)
+                  on_lock=None, root: Path | None = None) -> MergeOutcome:
+    """Merge every pending shard (of one sweep, or all; from ``root`` or beside the warehouse);
+    a lock past ``timeout_s`` leaves them pending and names its holder instead of failing."""
+    todo = pending_shards(warehouse_path, sweep_id, root)
     if not todo:
         return MergeOutcome(0, 0)
     merged = 0

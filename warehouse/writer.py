@@ -28,7 +28,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("engine_model_file", S), ("tr111_version", S), ("environment_json", S),
         ("cache_bust", B), ("warmup", B), ("corpus_dir", S), ("note", S),
         ("order_seed", I), ("run_order", S), ("restarts_planned", I), ("owner_host", S),
-        ("owner_pid", I)]),
+        ("owner_pid", I), ("fleet_id", S), ("fleet_mode", S)]),
     "configs": pa.schema([
         ("sweep_id", S), ("config_id", S), ("num_gpu", I), ("num_ctx", I), ("temperature", F),
         ("options_json", S), ("is_baseline", B), ("show_json", S), ("ps_json", S),
@@ -38,7 +38,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("restart_ms", F), ("ingest_ms", F), ("analysis_ms", F), ("report_ms", F), ("total_ms", F),
         ("started_at", TS), ("finished_at", TS), ("run_attempt", I), ("restart_strategy", S),
         ("error", S), ("corpus_fingerprint", S), ("record_ms", F), ("warmup_ms", F),
-        ("ingest_cached", B)]),
+        ("ingest_cached", B), ("host", S)]),
     "llm_calls": pa.schema([
         ("sweep_id", S), ("config_id", S), ("run_number", I), ("stage", S), ("attempt", I),
         ("run_attempt", I), ("status", S), ("error", S), ("model", S), ("options_json", S),
@@ -51,7 +51,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("gpu_util_mean_pct", F), ("gpu_power_mean_w", F), ("gpu_energy_j", F),
         ("gpu_energy_source", S), ("gpu_temp_max_c", F), ("gpu_sm_clock_mean_mhz", F),
         ("gpu_samples", I), ("host_load1", F), ("host_other_cpu_s", F), ("host_server_cpu_s", F),
-        ("host_harness_cpu_s", F), ("host_contended", B)]),
+        ("host_harness_cpu_s", F), ("host_contended", B), ("host", S)]),
+    "fleet_hosts": pa.schema([
+        ("sweep_id", S), ("host_id", S), ("server_url", S), ("server_version", S), ("engine", S),
+        ("environment_json", S), ("seen_at", TS)]),
     "ingest_problems": pa.schema([
         ("sweep_id", S), ("corpus_fingerprint", S), ("path", S), ("kind", S), ("detail", S)]),
     "quality_scores": pa.schema([
@@ -115,12 +118,18 @@ def _transaction(path: Path, work, *, timeout_s: float = 60.0, on_lock=None) -> 
 
 
 def store(path: Path, sweep_id: str, kind: str, tables: dict[str, list[dict]], *,
-          merge_wait_s: float = MERGE_WAIT_S, on_lock=None) -> shards.MergeOutcome:
+          merge_wait_s: float = MERGE_WAIT_S, on_lock=None, root: Path | None = None,
+          merge: bool = True) -> shards.MergeOutcome:
     """Rows made durable as a shard, then merged with every pending shard of the sweep if the
-    warehouse frees within ``merge_wait_s`` (else they wait for the next merge)."""
+    warehouse frees within ``merge_wait_s`` (else they wait for the next merge).
+
+    ``root``: where shards go (default: beside the warehouse); ``merge=False`` on a fleet host,
+    whose shards travel to the coordinator, the only writer of the warehouse."""
     batch = {table: arrow_table(table, rows) for table, rows in tables.items() if rows}
-    shards.write_shard(Path(path), sweep_id, batch, kind)
-    return shards.merge_pending(Path(path), sweep_id, timeout_s=merge_wait_s, on_lock=on_lock)
+    shards.write_shard(Path(path), sweep_id, batch, kind, root=root)
+    if not merge:
+        return shards.MergeOutcome(0, 1)
+    return shards.merge_pending(Path(path), sweep_id, timeout_s=merge_wait_s, on_lock=on_lock, root=root)
 
 
 def start_sweep(path: Path, sweep: dict, configs: list[dict], *, timeout_s: float = 60.0,
@@ -156,26 +165,31 @@ def mark_interrupted(path: Path, sweep_ids: list[str], note: str) -> None:
 
 
 def update_config_server_info(path: Path, sweep_id: str, config_id: str, *, show: dict | None,
-                              ps: dict | None, on_lock=None) -> shards.MergeOutcome:
+                              ps: dict | None, on_lock=None, **where) -> shards.MergeOutcome:
     """What the server says about the model as loaded for this config (/api/show, /api/ps)."""
     row = {"sweep_id": sweep_id, "config_id": config_id, "show_json": to_json(show),
            "ps_json": to_json(ps), "size_vram": (ps or {}).get("size_vram"),
            "context_length": (ps or {}).get("context_length")}
-    return store(path, sweep_id, "config-info", {shards.CONFIG_INFO: [row]}, on_lock=on_lock)
+    return store(path, sweep_id, "config-info", {shards.CONFIG_INFO: [row]}, on_lock=on_lock, **where)
 
 
-def record_call_attempt(path: Path, row: dict, *, on_lock=None) -> shards.MergeOutcome:
+def record_call_attempt(path: Path, row: dict, *, on_lock=None, **where) -> shards.MergeOutcome:
     """A failed attempt is made durable at once, so a crash later cannot lose it."""
-    return store(path, row["sweep_id"], "attempt", {"llm_calls": [row]}, on_lock=on_lock)
+    return store(path, row["sweep_id"], "attempt", {"llm_calls": [row]}, on_lock=on_lock, **where)
+
+
+def record_host(path: Path, row: dict, **where) -> shards.MergeOutcome:
+    """What a fleet host reported about itself (server, engine, environment)."""
+    return store(path, row["sweep_id"], "host", {"fleet_hosts": [row]}, **where)
 
 
 def record_run(path: Path, run: dict, calls: list[dict], problems: list[dict] | None = None,
-               *, on_lock=None) -> shards.MergeOutcome:
+               *, on_lock=None, **where) -> shards.MergeOutcome:
     """A finished run, its successful calls and its corpus's problems: one shard, all or nothing."""
     rows = [{"sweep_id": run["sweep_id"], "corpus_fingerprint": run.get("corpus_fingerprint") or "",
              **p} for p in problems or []]
     return store(path, run["sweep_id"], "run", {"llm_calls": calls, "runs": [run],
-                                                "ingest_problems": rows}, on_lock=on_lock)
+                                                "ingest_problems": rows}, on_lock=on_lock, **where)
 
 
 def record_ingest_problems(path: Path, sweep_id: str, fingerprint: str, problems: list[dict]) -> None:
@@ -200,4 +214,17 @@ def record_quality_scores(path: Path, scores: list[dict]) -> None:
         if values:
             con.executemany(f"INSERT OR REPLACE INTO quality_scores ({', '.join(names)}) "
                             f"VALUES ({', '.join('?' for _ in names)})", values)
+    _transaction(Path(path), work)
+
+
+def adopt_host_environment(path: Path, sweep_id: str) -> None:
+    """A fleet sweep that ran on exactly one host (replicate mode) takes that host's server and
+    environment as its own, so the report's environment section describes the machine."""
+    def work(con):
+        hosts = con.execute("SELECT host_id, server_url, server_version, engine, environment_json"
+                            " FROM fleet_hosts WHERE sweep_id = ?", [sweep_id]).fetchall()
+        if len(hosts) == 1:
+            host, url, version, engine, env = hosts[0]
+            con.execute("UPDATE sweeps SET host = ?, ollama_url = ?, server_version = ?, engine = ?,"
+                        " environment_json = ? WHERE sweep_id = ?", [host, url, version, engine, env, sweep_id])
     _transaction(Path(path), work)

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tr111.cli.sweeps import add_sweeps_command
 
     add_sweeps_command(sub)  # status (interrupted when the owner is gone), owner, progress
+    from tr111.cli.fleet import add_fleet_command
+
+    add_fleet_command(sub)  # setup, worker, sweep over several GPU hosts
 
     engine = sub.add_parser("engine", help="the embedded Ollama-API engine")
     engine.add_argument("action", choices=["serve"])
@@ -83,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             from tr111.cli.query import cmd_query
 
             return cmd_query(args)
+        if args.command == "fleet":
+            from tr111.cli.fleet import cmd_fleet
+
+            return cmd_fleet(args)
         if args.command == "sweeps":
             from tr111.cli.sweeps import cmd_sweeps
 

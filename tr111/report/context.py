@@ -53,6 +53,7 @@ class ReportContext:
     plots: dict = field(default_factory=dict)
     summary: SweepSummary | None = None  # built once by build_context; what every output publishes
     conditions: Conditions | None = None  # host noise, run order, options the server ignored
+    fleet: list = field(default_factory=list)  # per config, stage and host over the sweep's fleet
 
     @property
     def aggregate(self) -> list[dict]:
@@ -137,6 +138,7 @@ def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str, *, threshold_pc
 
     ctx = ReportContext(
         sweep=sweep, matrix=matrix, environment=environment(sweep, configs), configs=configs,
+        fleet=queries.fleet_table(con, sweep),
         entries=items, rankings=sections.rankings(items), standing=sections.standing(items),
         population=sections.populations(items),
         effects=analysis.parameter_effects(configs, runs, matrix, items,

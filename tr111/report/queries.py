@@ -217,14 +217,36 @@ def problems(con: duckdb.DuckDBPyConnection, sweep_id: str, limit: int) -> list[
                      f"ORDER BY path, kind LIMIT {int(limit)}", [sweep_id])
 
 
+def same_host(sweep: dict) -> str | None:
+    """A fleet sweep is compared with sweeps of its own host only (each GPU against itself)."""
+    return sweep.get("host") if sweep.get("fleet_id") else None
+
+
+def fleet_table(con: duckdb.DuckDBPyConnection, sweep: dict) -> list[dict]:
+    """Per config, stage and host, over every sweep of this sweep's fleet: the stage_summary
+    figures (geometric means) beside the host(s) whose calls they come from."""
+    if not sweep.get("fleet_id"):
+        return []
+    return rows(con, """
+        SELECT ss.config_id, ss.stage, h.hosts, ss.sweep_id, ss.calls, ss.geo_decode_tps,
+               ss.geo_prefill_tps, ss.geo_warm_ttft_ms, ss.warm_calls
+        FROM stage_summary ss JOIN sweeps s USING (sweep_id)
+        JOIN (SELECT sweep_id, config_id, string_agg(DISTINCT coalesce(host, '?'), ', '
+                     ORDER BY coalesce(host, '?')) AS hosts
+              FROM stat_calls GROUP BY sweep_id, config_id) h USING (sweep_id, config_id)
+        WHERE s.fleet_id = ?
+        ORDER BY ss.config_id, ss.stage, h.hosts""", [sweep["fleet_id"]])
+
+
 def same_matrix_sweeps(con: duckdb.DuckDBPyConnection, sweep: dict, limit: int = 30) -> list[dict]:
     """Completed sweeps of the same matrix and model, up to and including this one, oldest first."""
     out = rows(con, f"""
         SELECT sweep_id, started_at, status FROM sweeps
         WHERE matrix_json = ? AND model = ? AND started_at <= ?
-          AND (status IN {COMPLETED} OR sweep_id = ?)
+          AND (status IN {COMPLETED} OR sweep_id = ?) AND (CAST(? AS VARCHAR) IS NULL OR host = ?)
         ORDER BY started_at DESC, sweep_id DESC LIMIT {int(limit)}""",
-               [sweep.get("matrix_json"), sweep.get("model"), sweep.get("started_at"), sweep["sweep_id"]])
+               [sweep.get("matrix_json"), sweep.get("model"), sweep.get("started_at"), sweep["sweep_id"],
+                *[same_host(sweep)] * 2])
     return out[::-1]
 
 
@@ -232,10 +254,10 @@ def previous_sweep(con: duckdb.DuckDBPyConnection, sweep: dict) -> str | None:
     row = con.execute(f"""
         SELECT sweep_id FROM sweeps
         WHERE matrix_json = ? AND model = ? AND status IN {COMPLETED} AND sweep_id <> ?
-          AND started_at < ?
+          AND started_at < ? AND (CAST(? AS VARCHAR) IS NULL OR host = ?)
         ORDER BY started_at DESC, sweep_id DESC LIMIT 1""",
                       [sweep.get("matrix_json"), sweep.get("model"), sweep["sweep_id"],
-                       sweep.get("started_at")]).fetchone()
+                       sweep.get("started_at"), *[same_host(sweep)] * 2]).fetchone()
     return row[0] if row else None
 
 

@@ -10,7 +10,9 @@ nothing outlives the block.
 from __future__ import annotations
 
 import os
+import socket
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from tr111.ollama.client import OllamaClient
@@ -73,17 +75,18 @@ def _telemetry(enabled: bool):
 
 
 @contextmanager
-def open_sweep(settings: Settings, request: SweepRequest, *,
-               url_explicit: bool = False) -> Iterator[SweepContext]:
+def open_sweep(settings: Settings, request: SweepRequest, *, url_explicit: bool = False,
+               host_id: str | None = None, shard_root: Path | None = None,
+               lease: bool = True) -> Iterator[SweepContext]:
     """Lease the sweep id, pick (or start) the server, open the clients and the sampler;
     close all on exit. The lease comes first: a second process with the same id must
     refuse before it starts an engine or touches the server."""
     matrix = request.matrix
     with ExitStack() as stack:
-        lease = stack.enter_context(SweepLease(settings.warehouse_path, request.sweep_id))
-        if lease.previous is not None:
+        held = stack.enter_context(SweepLease(settings.warehouse_path, request.sweep_id)) if lease else None
+        if held is not None and held.previous is not None:
             progress.emit("lease_taken_over", sweep_id=request.sweep_id,
-                          previous=lease.previous.describe())
+                          previous=held.previous.describe())
         server = stack.enter_context(open_server(
             settings.engine, settings.ollama_url, matrix.model, url_explicit=url_explicit,
             threads=settings.engine_threads, connect_timeout_s=settings.connect_timeout_s))
@@ -99,7 +102,8 @@ def open_sweep(settings: Settings, request: SweepRequest, *,
             cache_bust=matrix.cache_bust, warmup=matrix.warmup, gpu_telemetry=settings.gpu_telemetry,
             quiet_host=settings.quiet_host or matrix.quiet_host,
             quiet_host_timeout_s=settings.quiet_host_timeout_s,
-            warehouse_lock_wait_s=settings.warehouse_lock_wait_s)
+            warehouse_lock_wait_s=settings.warehouse_lock_wait_s,
+            host_id=host_id or socket.gethostname(), shard_root=shard_root, merge=shard_root is None)
         timeouts = dict(connect_timeout_s=plan.connect_timeout_s, read_timeout_s=plan.read_timeout_s,
                         call_timeout_s=plan.call_timeout_s)
         if settings.measurement_worker:
@@ -113,4 +117,4 @@ def open_sweep(settings: Settings, request: SweepRequest, *,
         telemetry = _telemetry(plan.gpu_telemetry)
         if telemetry is not None:
             stack.callback(telemetry.close)
-        yield SweepContext(plan, server, client, control, telemetry, lease)
+        yield SweepContext(plan, server, client, control, telemetry, held)

@@ -43,6 +43,14 @@ class SweepPlan:
     quiet_host: bool = False  # wait for other processes to leave the CPUs before each run
     quiet_host_timeout_s: float = 120.0
     warehouse_lock_wait_s: float = 600.0  # the sweep's last merge waits this long for a lock
+    host_id: str | None = None  # recorded on every run and call (a fleet host's HOST_ID)
+    shard_root: Path | None = None  # None: beside the warehouse; a fleet host: the shared folder
+    merge: bool = True  # False on a fleet host: the coordinator alone merges into the warehouse
+
+    @property
+    def shard_target(self) -> dict:
+        """Where this plan's shards go, as keyword arguments of the warehouse writer."""
+        return {"root": self.shard_root, "merge": self.merge}
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,7 @@ def call_row(plan: SweepPlan, key: RunKey, stage: str, attempt: int, call: CallR
         "run_attempt": key.run_attempt, "options_json": to_json(options),
         "is_cold": cold[0] if cold else None, "cold_reason": cold[1] if cold else None,
         "truncated": truncated, "truncation_reason": reason, "prompt_chars": len(call.prompt),
-        "num_ctx": num_ctx,
+        "num_ctx": num_ctx, "host": plan.host_id,
     }
 
 
@@ -136,7 +136,7 @@ def run_row(plan: SweepPlan, key: RunKey, *, status: str, started_at: datetime,
         "run_attempt": key.run_attempt,
         "restart_strategy": restart.strategy if restart else None, "error": error,
         "corpus_fingerprint": fingerprint, "warmup_ms": _wall(calls.get("warmup")),
-        "ingest_cached": ingest_cached,
+        "ingest_cached": ingest_cached, "host": plan.host_id,
     }
 
 
@@ -175,7 +175,7 @@ def tell_lock(holder: str | None) -> None:
 
 
 def _after_merge(plan: SweepPlan, outcome: MergeOutcome) -> MergeOutcome:
-    if outcome.pending:
+    if outcome.pending and plan.merge:
         progress.emit("shards_pending", pending=outcome.pending, holder=outcome.holder,
                       warehouse=str(plan.warehouse_path))
     return outcome
@@ -183,11 +183,12 @@ def _after_merge(plan: SweepPlan, outcome: MergeOutcome) -> MergeOutcome:
 
 def record_attempt(plan: SweepPlan, row: dict) -> MergeOutcome:
     """A failed call attempt: durable at once (a shard), merged if the warehouse is free."""
-    return _after_merge(plan, writer.record_call_attempt(plan.warehouse_path, row, on_lock=tell_lock))
+    return _after_merge(plan, writer.record_call_attempt(plan.warehouse_path, row, on_lock=tell_lock,
+                                                         **plan.shard_target))
 
 
 def record_stage(plan: SweepPlan, run: dict, calls: list[dict], problems: list[dict]) -> MergeOutcome:
     """The finished run: one durable shard (run, calls, ingest problems), then merged with any
     shards a lock left pending; a lock never stops the sweep."""
     return _after_merge(plan, writer.record_run(plan.warehouse_path, {**run, "record_ms": None}, calls,
-                                                problems, on_lock=tell_lock))
+                                                problems, on_lock=tell_lock, **plan.shard_target))

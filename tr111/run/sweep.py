@@ -172,7 +172,8 @@ def describe(ctx: SweepContext, config_id: str) -> None:
     except Tr111Error:
         return
     writer.update_config_server_info(ctx.plan.warehouse_path, ctx.plan.sweep_id, config_id,
-                                     show=planning.show_digest(show), ps=ps, on_lock=tell_lock)
+                                     show=planning.show_digest(show), ps=ps, on_lock=tell_lock,
+                                     **ctx.plan.shard_target)
     ctx.described.add(config_id)
 
 

@@ -1,0 +1,193 @@
+"""Fleet sweeps end to end on one machine (issue 12): a Prefect server on PostgreSQL, the fleet's
+pool, queues and deployments made by tr111.flows.fleet_setup, two process workers standing in
+for two GPU hosts (HOST_ID gpu-a / gpu-b), each with a fake Ollama of its own.
+
+The coordinator runs in this process (as ``tr111 fleet sweep`` does); hosts' flow runs are
+processes the workers start, writing shards into the shared folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faults_support import no_duplicate_calls, one, rows
+from tests.fleet_support import (find_pg_bindir, postgres_cluster, prefect_api, prefect_server,
+                                 start_worker, stop_worker)
+from tr111.fake_ollama.server import FakeOllama, FakeTimings
+
+pytestmark = [pytest.mark.slow]
+
+HOSTS = ("gpu-a", "gpu-b")
+MATRIX = """
+model: gemma3:270m
+runs: 2
+baseline: true
+grid:
+  num_ctx: [1024, 2048]
+options:
+  num_predict: 6
+restart: per_config
+order: grid
+"""
+CONFIGS = ("baseline_default", "ctx1024", "ctx2048")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, small_corpus):
+    if find_pg_bindir() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    from tr111.flows.fleet_setup import deploy, ensure_pool
+
+    base = tmp_path_factory.mktemp("fleet")
+    fakes = {h: FakeOllama(FakeTimings(load_ms=20, token_ms=25, tokens=6)).start() for h in HOSTS}
+    workers = {}
+    with postgres_cluster() as pg, prefect_server(pg.url) as server, prefect_api(server.api_url):
+        from prefect import get_client
+
+        with get_client(sync_client=True) as client:
+            ensure_pool(client, list(HOSTS))
+        deploy()
+        try:
+            for host in HOSTS:
+                workers[host] = start_worker(
+                    server.api_url, "tr111-fleet", [f"host-{host}", "split"], host,
+                    env={"OLLAMA_HOST": fakes[host].url, "TR111_GPU_TELEMETRY": "false",
+                         "TR111_RETRY_BACKOFF_S": "0.01", "TR111_ENGINE": "ollama"},
+                    prefect_home=base / f"worker-{host}")
+            yield {"base": base, "fakes": fakes, "workers": workers, "server": server,
+                   "corpus": small_corpus}
+        finally:
+            for proc in workers.values():
+                stop_worker(proc)
+            for fake in fakes.values():
+                fake.stop()
+
+
+def _matrix(folder: Path) -> str:
+    path = folder / "m.yaml"
+    path.write_text(MATRIX)
+    return str(path)
+
+
+def _run_fleet(fleet, name: str, mode: str, **extra):
+    from tr111.flows.fleet import tr111_fleet
+
+    folder = fleet["base"] / name
+    folder.mkdir(exist_ok=True)
+    os.environ["TR111_GPU_TELEMETRY"] = "false"
+    t0 = time.monotonic()
+    result = tr111_fleet(hosts=list(HOSTS), mode=mode, matrix=_matrix(folder), sweep_id=name,
+                         shared_dir=str(folder / "shared"), warehouse=str(folder / "wh.duckdb"),
+                         out=str(folder / "reports"), corpus=str(fleet["corpus"]), poll_s=0.5,
+                         **extra)
+    return result, folder / "wh.duckdb", time.monotonic() - t0
+
+
+def _measured(record: dict) -> bool:
+    """A timed generate call (a restart's unload is a generate without a prompt)."""
+    return record["path"] == "/api/generate" and bool((record.get("body") or {}).get("prompt"))
+
+
+def _never_two_at_once(fake: FakeOllama) -> int:
+    """The fake's own log: generate requests never overlap on one host. Returns their count."""
+    spans = sorted((r["t_received_ns"], r["t_done_ns"]) for r in fake.requests
+                   if r["path"] == "/api/generate" and r["t_done_ns"] is not None)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, "a host served two calls at once"
+    return len(spans)
+
+
+def test_split_sweep_spreads_configs_over_hosts_and_every_row_lands_once(fleet):
+    before = {h: len(f.requests) for h, f in fleet["fakes"].items()}
+    result, wh, wall = _run_fleet(fleet, "split-1", "split", report=True)
+    print(f"split sweep of {len(CONFIGS)} configs x 2 runs on 2 hosts: {wall:.1f} s")
+    assert result["sweeps"] == {"split-1": "completed"}
+    assert one(wh, "SELECT count(*) FROM runs WHERE status = 'ok'") == (6,)
+    assert one(wh, "SELECT count(*) FROM llm_calls WHERE status = 'ok'") == (12,)
+    assert no_duplicate_calls(wh)
+    by_host = dict(rows(wh, "SELECT host, count(*) FROM runs GROUP BY host"))
+    assert set(by_host) <= set(HOSTS) and sum(by_host.values()) == 6
+    # a config's runs stay on one host (restart per config, cold/warm split intact)
+    assert rows(wh, "SELECT config_id FROM runs GROUP BY config_id HAVING count(DISTINCT host) > 1") == []
+    assert rows(wh, "SELECT count(*) FROM llm_calls c JOIN runs r USING (sweep_id, config_id, run_number)"
+                    " WHERE c.host <> r.host") == [(0,)]
+    served = {h: len([r for r in f.requests[before[h]:] if _measured(r)]) for h, f in fleet["fakes"].items()}
+    assert served == {h: 2 * by_host.get(h, 0) for h in HOSTS}  # the fakes saw exactly the rows
+    for fake in fleet["fakes"].values():
+        _never_two_at_once(fake)
+    assert one(wh, "SELECT fleet_id, fleet_mode, status FROM sweeps") == ("split-1", "split", "completed")
+    assert {r[0] for r in rows(wh, "SELECT host_id FROM fleet_hosts")} == set(by_host)
+    report = Path(result["reports"]["split-1"]).read_text()
+    assert "### 4.5 Hosts of fleet `split-1` (split)" in report
+    assert not list((fleet["base"] / "split-1" / "shared" / "shards" / "split-1").glob("*"))  # all merged
+
+
+def test_replicate_sweep_runs_every_config_on_every_host_in_a_sweep_per_host(fleet):
+    result, wh, wall = _run_fleet(fleet, "rep-1", "replicate", report=False)
+    print(f"replicate sweep of {len(CONFIGS)} configs x 2 runs on each of 2 hosts: {wall:.1f} s")
+    assert result["sweeps"] == {"rep-1-gpu-a": "completed", "rep-1-gpu-b": "completed"}
+    assert sorted(rows(wh, "SELECT sweep_id, host, count(*) FROM runs WHERE status = 'ok' GROUP BY ALL")) == [
+        ("rep-1-gpu-a", "gpu-a", 6), ("rep-1-gpu-b", "gpu-b", 6)]
+    assert one(wh, "SELECT count(*) FROM llm_calls WHERE status = 'ok'") == (24,)
+    assert no_duplicate_calls(wh)
+    for fake in fleet["fakes"].values():
+        _never_two_at_once(fake)
+    # each host's sweep describes that host: its server, as the report's environment section shows
+    assert sorted(rows(wh, "SELECT sweep_id, host, engine, fleet_id FROM sweeps")) == [
+        ("rep-1-gpu-a", "gpu-a", "ollama", "rep-1"), ("rep-1-gpu-b", "gpu-b", "ollama", "rep-1")]
+
+
+def test_a_host_whose_job_dies_mid_config_has_its_runs_finished_elsewhere(fleet):
+    """Split mode: the flow-run process of one host is killed mid-config (its GPU job crashed);
+    the worker marks it Crashed, the coordinator re-dispatches the config's unfinished runs."""
+    victim = fleet["fakes"]["gpu-a"]
+    start = len(victim.requests)
+    killed = []
+
+    def kill_first_job_on_gpu_a():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if len([r for r in victim.requests[start:] if _measured(r)]) >= 3:
+                from tests.fleet_support import _descendants
+
+                for pid in _descendants(fleet["workers"]["gpu-a"].pid):
+                    try:  # the flow-run process and its children (the measurement worker)
+                        environ = Path(f"/proc/{pid}/environ").read_bytes()
+                    except OSError:
+                        continue
+                    if b"PREFECT__FLOW_RUN_ID=" in environ:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_first_job_on_gpu_a, daemon=True)
+    killer.start()
+    result, wh, _ = _run_fleet(fleet, "split-kill", "split", report=False, redispatch=2)
+    killer.join(5)
+    assert killed, "the fault was not injected"
+    assert result["sweeps"] == {"split-kill": "completed"}, rows(wh, "SELECT note FROM sweeps")
+    assert "ended crashed" in one(wh, "SELECT note FROM sweeps")[0]
+    assert one(wh, "SELECT count(*) FROM runs WHERE status = 'ok'") == (6,)
+    assert one(wh, "SELECT count(*) FROM stat_calls") == (12,)
+    assert no_duplicate_calls(wh)
+    for fake in fleet["fakes"].values():
+        _never_two_at_once(fake)
+
+
+def test_a_rerun_of_the_coordinator_dispatches_nothing_twice(fleet):
+    """The same fleet id again: finished configs are not dispatched; idempotency keys return the
+    children of the first coordinator instead of new ones."""
+    result, wh, _ = _run_fleet(fleet, "split-2", "split", report=False)
+    assert result["sweeps"] == {"split-2": "completed"}
+    calls = sum(len([r for r in f.requests if _measured(r)]) for f in fleet["fakes"].values())
+    again, _, _ = _run_fleet(fleet, "split-2", "split", report=False)
+    assert again["sweeps"] == {"split-2": "completed"}
+    assert sum(len([r for r in f.requests if _measured(r)])
+               for f in fleet["fakes"].values()) == calls  # not one call more
+    assert one(wh, "SELECT count(*) FROM runs") == (6,) and no_duplicate_calls(wh)
