@@ -59,6 +59,10 @@ def fleet(tmp_path_factory, small_corpus):
                     env={"OLLAMA_HOST": fakes[host].url, "TR111_GPU_TELEMETRY": "false",
                          "TR111_RETRY_BACKOFF_S": "0.01", "TR111_ENGINE": "ollama"},
                     prefect_home=base / f"worker-{host}")
+            # the coordinator's own queue: `prefect deployment run tr111-fleet/nightly` lands here
+            workers["control"] = start_worker(
+                server.api_url, "tr111-fleet", ["control"], "control",
+                env={"TR111_GPU_TELEMETRY": "false"}, prefect_home=base / "worker-control")
             yield {"base": base, "fakes": fakes, "workers": workers, "server": server,
                    "corpus": small_corpus}
         finally:
@@ -191,3 +195,65 @@ def test_a_rerun_of_the_coordinator_dispatches_nothing_twice(fleet):
     assert sum(len([r for r in f.requests if _measured(r)])
                for f in fleet["fakes"].values()) == calls  # not one call more
     assert one(wh, "SELECT count(*) FROM runs") == (6,) and no_duplicate_calls(wh)
+
+
+def test_the_coordinator_killed_mid_sweep_and_rerun_executes_no_config_twice(fleet):
+    """``tr111 fleet sweep`` is killed (-9) while hosts run its configs; the rerun with the same
+    id merges what the hosts wrote, adopts the children still running (same idempotency keys)
+    and dispatches nothing twice: the fakes see every measured call exactly once."""
+    import subprocess
+    import sys
+
+    from tests.faults_support import REPO
+
+    folder = fleet["base"] / "coord-kill"
+    folder.mkdir()
+    argv = [sys.executable, "-m", "tr111.cli", "fleet", "sweep", "--hosts", ",".join(HOSTS),
+            "--mode", "split", "--matrix", _matrix(folder), "--sweep-id", "coord-kill",
+            "--shared-dir", str(folder / "shared"), "--warehouse", str(folder / "wh.duckdb"),
+            "--out", str(folder / "reports"), "--corpus", str(fleet["corpus"]), "--no-report"]
+    env = {**os.environ, "PREFECT_API_URL": fleet["server"].api_url, "TR111_GPU_TELEMETRY": "false"}
+    before = sum(len([r for r in f.requests if _measured(r)]) for f in fleet["fakes"].values())
+    first = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and first.poll() is None:
+        seen = sum(len([r for r in f.requests if _measured(r)]) for f in fleet["fakes"].values())
+        if seen - before >= 3:
+            break
+        time.sleep(0.02)
+    assert first.poll() is None, first.communicate()[1][-2000:]
+    first.kill()
+    first.wait(10)
+    again = subprocess.run(argv, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep coord-kill: completed" in again.stdout
+    wh = folder / "wh.duckdb"
+    after = sum(len([r for r in f.requests if _measured(r)]) for f in fleet["fakes"].values())
+    assert after - before == 12  # 6 runs x 2 calls, each once: no config ran twice
+    assert one(wh, "SELECT count(*) FROM runs WHERE status = 'ok'") == (6,)
+    assert one(wh, "SELECT count(*) FROM llm_calls") == (12,) and no_duplicate_calls(wh)
+    for fake in fleet["fakes"].values():
+        _never_two_at_once(fake)
+
+
+def test_the_nightly_deployment_runs_the_coordinator_on_the_control_queue(fleet):
+    """`prefect deployment run tr111-fleet/nightly`: the coordinator itself is a flow run of the
+    control queue's worker, which dispatches to the hosts' queues (never its own)."""
+    from prefect.deployments import run_deployment
+
+    folder = fleet["base"] / "nightly"
+    folder.mkdir()
+    run = run_deployment("tr111-fleet/nightly", timeout=300, poll_interval=1, parameters={
+        "hosts": list(HOSTS), "mode": "replicate", "matrix": _matrix(folder), "sweep_id": "nightly-1",
+        "shared_dir": str(folder / "shared"), "warehouse": str(folder / "wh.duckdb"),
+        "out": str(folder / "reports"), "corpus": str(fleet["corpus"]), "report": True, "poll_s": 0.5})
+    assert run.state.is_completed(), run.state
+    wh = folder / "wh.duckdb"
+    assert sorted(rows(wh, "SELECT sweep_id, status FROM sweeps")) == [
+        ("nightly-1-gpu-a", "completed"), ("nightly-1-gpu-b", "completed")]
+    assert one(wh, "SELECT count(*) FROM stat_calls") == (24,) and no_duplicate_calls(wh)
+    report = (folder / "reports" / "nightly-1-gpu-b" / "technical_report.md").read_text()
+    assert "### 4.5 Hosts of fleet `nightly-1` (replicate)" in report
+    table = report[report.index("### 4.5"):]
+    assert "| `ctx1024` | analysis | gpu-a |" in table and "| `ctx1024` | analysis | gpu-b |" in table

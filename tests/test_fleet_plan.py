@@ -107,3 +107,51 @@ def test_a_job_that_lands_on_the_wrong_host_refuses_to_run(tmp_path, monkeypatch
                               call_attempts={}, matrix=MATRIX, shared_dir=str(tmp_path),
                               expected_host="gpu-a")
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_fleet_sweep_is_compared_with_its_own_host_s_previous_sweep(tmp_path):
+    """The nightly regression check of a replicate fleet: gpu-b's sweep against gpu-b's last one,
+    never against gpu-a's sweep of the same night; single-host sweeps keep their old rule."""
+    from datetime import UTC, datetime
+
+    from tr111.report.queries import previous_sweep
+    from tr111.warehouse import connect
+
+    wh = tmp_path / "wh.duckdb"
+    matrix = '{"model": "m"}'
+    night = lambda d, h: datetime(2026, 12, d, h, tzinfo=UTC)  # noqa: E731
+    rows_ = [("n1-gpu-a", "gpu-a", "n1", night(1, 1)), ("n1-gpu-b", "gpu-b", "n1", night(1, 2)),
+             ("n2-gpu-a", "gpu-a", "n2", night(2, 1)), ("n2-gpu-b", "gpu-b", "n2", night(2, 2)),
+             ("solo-1", "lab-pc", None, night(2, 3)), ("solo-2", "lab-pc", None, night(2, 4))]
+    with connect(wh) as con:
+        for sweep_id, host, fleet_id, started in rows_:
+            con.execute("INSERT INTO sweeps (sweep_id, host, fleet_id, started_at, status, matrix_json, model)"
+                        " VALUES (?, ?, ?, ?, 'completed', ?, 'm')", [sweep_id, host, fleet_id, started, matrix])
+        sweeps = {r[0]: dict(zip([d[0] for d in con.description], r))
+                  for r in con.execute("SELECT * FROM sweeps").fetchall()}
+        assert previous_sweep(con, sweeps["n2-gpu-b"]) == "n1-gpu-b"  # not n2-gpu-a, started before it
+        assert previous_sweep(con, sweeps["n2-gpu-a"]) == "n1-gpu-a"
+        assert previous_sweep(con, sweeps["n1-gpu-b"]) is None
+        assert previous_sweep(con, sweeps["solo-2"]) == "solo-1"
+
+
+def test_the_fleet_worker_runs_the_documented_prefect_line():
+    from tr111.cli.fleet import worker_command
+
+    assert worker_command("gpu-a") == [
+        "prefect", "worker", "start", "--pool", "tr111-fleet", "--type", "process",
+        "--work-queue", "host-gpu-a", "--work-queue", "split", "--limit", "1", "--name", "tr111-gpu-a"]
+    doc = (fleet_plan.Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text()
+    assert "--work-queue split --limit 1 --name tr111-gpu-a" in doc.replace("\\\n#       ", "")
+
+
+def test_a_fleet_command_without_a_shared_prefect_server_is_one_line():
+    import os
+
+    from tests.faults_support import cli_process
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    done = cli_process("fleet", "sweep", "--hosts", "gpu-a", env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("tr111: error: a fleet needs the Prefect server its hosts share:"
+                                   " set PREFECT_API_URL (see docs/fleet.md)")

@@ -179,3 +179,30 @@ def test_an_owner_on_another_host_with_a_fresh_heartbeat_is_refused(warehouse_pa
         {"host": "gpu-node-7", "pid": 4242, "started_at": stale, "heartbeat_at": stale}))
     with lease.SweepLease(warehouse_path, "s1") as taken:
         assert taken.previous.host == "gpu-node-7"
+
+
+def test_a_sweep_whose_owner_died_reads_interrupted_in_the_listing_and_is_marked_so(warehouse_path):
+    import json as json_
+
+    from tests.faults_support import cli
+
+    holder = _lease_holder(warehouse_path, "s1")
+    writer.start_sweep(warehouse_path, {"sweep_id": "s1", "status": "running", "model": "m",
+                                        "matrix_json": '{"runs": 2}', "owner_pid": holder.pid,
+                                        "started_at": datetime.now(UTC)},
+                       [{"sweep_id": "s1", "config_id": "c1"}, {"sweep_id": "s1", "config_id": "c2"}])
+    writer.record_run(warehouse_path, _run("c1", 1), [])
+    listed = [json_.loads(line) for line in cli("sweeps", "--warehouse", str(warehouse_path), "--json").stdout.splitlines()]
+    assert [(s["status"], s["done"], s["planned"], s["owner_alive"]) for s in listed] == [("running", 1, 4, True)]
+    assert lease.reconcile(warehouse_path) == []  # a live owner's sweep is left alone
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    listed = [json_.loads(line) for line in cli("sweeps", "--warehouse", str(warehouse_path), "--json").stdout.splitlines()]
+    assert [(s["status"], s["owner"], s["owner_alive"]) for s in listed] == [
+        ("interrupted", f"pid {holder.pid} on {os.uname().nodename}", False)]
+    table = cli("sweeps", "--warehouse", str(warehouse_path)).stdout
+    assert "interrupted" in table and "1/4 runs" in table and "(gone)" in table
+    assert lease.reconcile(warehouse_path) == ["s1"]  # what the next sweep or report does
+    with open_read_only(warehouse_path) as con:
+        assert con.execute("SELECT status, note FROM sweeps").fetchone() == (
+            "interrupted", "its process ended without finishing; rerun with its --sweep-id to resume")
