@@ -53,12 +53,9 @@ def fleet(tmp_path_factory, small_corpus):
             ensure_pool(client, list(HOSTS))
         deploy()
         try:
-            for host in HOSTS:
-                workers[host] = start_worker(
-                    server.api_url, "tr111-fleet", [f"host-{host}", "split"], host,
-                    env={"OLLAMA_HOST": fakes[host].url, "TR111_GPU_TELEMETRY": "false",
-                         "TR111_RETRY_BACKOFF_S": "0.01", "TR111_ENGINE": "ollama"},
-                    prefect_home=base / f"worker-{host}")
+            for host in HOSTS:  # the hosts' workers exactly as a lab starts them
+                workers[host] = _tr111_fleet_worker(server.api_url, host, fakes[host].url,
+                                                    base / f"worker-{host}")
             # the coordinator's own queue: `prefect deployment run tr111-fleet/nightly` lands here
             workers["control"] = start_worker(
                 server.api_url, "tr111-fleet", ["control"], "control",
@@ -70,6 +67,27 @@ def fleet(tmp_path_factory, small_corpus):
                 stop_worker(proc)
             for fake in fakes.values():
                 fake.stop()
+
+
+def _tr111_fleet_worker(api_url: str, host: str, ollama_url: str, home: Path):
+    """``tr111 fleet worker --host-id HOST --ollama-url URL`` (it execs Prefect's worker)."""
+    import subprocess
+    import sys
+
+    from tests.faults_support import REPO
+    from tests.fleet_support import prefect_child_env
+
+    home.mkdir(parents=True, exist_ok=True)
+    env = prefect_child_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(home),
+                            PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1",
+                            TR111_GPU_TELEMETRY="false", TR111_RETRY_BACKOFF_S="0.01",
+                            TR111_ENGINE="ollama")
+    with open(home / "worker.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tr111.cli", "fleet", "worker", "--host-id", host,
+                                 "--ollama-url", ollama_url], env=env, cwd=str(REPO), stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc.log_path, proc.prefect_home, proc.owns_home = home / "worker.log", home, False
+    return proc
 
 
 def _matrix(folder: Path) -> str:
@@ -128,6 +146,7 @@ def test_split_sweep_spreads_configs_over_hosts_and_every_row_lands_once(fleet):
     assert {r[0] for r in rows(wh, "SELECT host_id FROM fleet_hosts")} == set(by_host)
     report = Path(result["reports"]["split-1"]).read_text()
     assert "### 4.5 Hosts of fleet `split-1` (split)" in report
+    assert "Host is not tested as a factor: in a split fleet each config ran on one host" in report
     assert not list((fleet["base"] / "split-1" / "shared" / "shards" / "split-1").glob("*"))  # all merged
 
 
@@ -182,19 +201,6 @@ def test_a_host_whose_job_dies_mid_config_has_its_runs_finished_elsewhere(fleet)
     assert no_duplicate_calls(wh)
     for fake in fleet["fakes"].values():
         _never_two_at_once(fake)
-
-
-def test_a_rerun_of_the_coordinator_dispatches_nothing_twice(fleet):
-    """The same fleet id again: finished configs are not dispatched; idempotency keys return the
-    children of the first coordinator instead of new ones."""
-    result, wh, _ = _run_fleet(fleet, "split-2", "split", report=False)
-    assert result["sweeps"] == {"split-2": "completed"}
-    calls = sum(len([r for r in f.requests if _measured(r)]) for f in fleet["fakes"].values())
-    again, _, _ = _run_fleet(fleet, "split-2", "split", report=False)
-    assert again["sweeps"] == {"split-2": "completed"}
-    assert sum(len([r for r in f.requests if _measured(r)])
-               for f in fleet["fakes"].values()) == calls  # not one call more
-    assert one(wh, "SELECT count(*) FROM runs") == (6,) and no_duplicate_calls(wh)
 
 
 def test_the_coordinator_killed_mid_sweep_and_rerun_executes_no_config_twice(fleet):
@@ -257,3 +263,5 @@ def test_the_nightly_deployment_runs_the_coordinator_on_the_control_queue(fleet)
     assert "### 4.5 Hosts of fleet `nightly-1` (replicate)" in report
     table = report[report.index("### 4.5"):]
     assert "| `ctx1024` | analysis | gpu-a |" in table and "| `ctx1024` | analysis | gpu-b |" in table
+    assert "**Host as a factor.** Two-way ANOVA" in table
+    assert "| analysis | decode rate | 12 |" in table  # 3 configs x 2 runs x 2 hosts

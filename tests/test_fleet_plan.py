@@ -138,8 +138,10 @@ def test_a_fleet_sweep_is_compared_with_its_own_host_s_previous_sweep(tmp_path):
 def test_the_fleet_worker_runs_the_documented_prefect_line():
     from tr111.cli.fleet import worker_command
 
+    import sys
+
     assert worker_command("gpu-a") == [
-        "prefect", "worker", "start", "--pool", "tr111-fleet", "--type", "process",
+        sys.executable, "-m", "prefect", "worker", "start", "--pool", "tr111-fleet", "--type", "process",
         "--work-queue", "host-gpu-a", "--work-queue", "split", "--limit", "1", "--name", "tr111-gpu-a"]
     doc = (fleet_plan.Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text()
     assert "--work-queue split --limit 1 --name tr111-gpu-a" in doc.replace("\\\n#       ", "")

@@ -45,10 +45,11 @@ def _shared_api() -> str:
 
 
 def worker_command(host_id: str) -> list[str]:
-    """The documented line ``tr111 fleet worker`` runs."""
+    """The documented ``prefect worker start ...`` line ``tr111 fleet worker`` runs (with this
+    interpreter's Prefect, whatever ``prefect`` on PATH may be)."""
     from tr111.fleet.plan import POOL, SPLIT_QUEUE, host_queue
 
-    return ["prefect", "worker", "start", "--pool", POOL, "--type", "process",
+    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process",
             "--work-queue", host_queue(host_id), "--work-queue", SPLIT_QUEUE, "--limit", "1",
             "--name", f"tr111-{host_id}"]
 
@@ -67,7 +68,7 @@ def cmd_fleet(args) -> int:
             env["OLLAMA_HOST"] = args.ollama_url
         argv = worker_command(args.host_id)
         print("tr111 fleet worker: " + " ".join(argv), file=sys.stderr)
-        os.execvpe(argv[0], argv, env)  # the worker is this process from here on
+        os.execve(argv[0], argv, env)  # the worker is this process from here on
     if args.fleet_action == "setup":
         _shared_api()
         from tr111.fleet.plan import FleetRequest

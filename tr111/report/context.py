@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from tr111.report.fleet import host_effects
 from tr111.report import analysis, history, queries, scoring, sections
 from tr111.report.formatting import code, text
 from tr111.report.conditions import Conditions, conditions as measurement_conditions
@@ -54,6 +55,7 @@ class ReportContext:
     summary: SweepSummary | None = None  # built once by build_context; what every output publishes
     conditions: Conditions | None = None  # host noise, run order, options the server ignored
     fleet: list = field(default_factory=list)  # per config, stage and host over the sweep's fleet
+    fleet_effects: list = field(default_factory=list)  # host x config ANOVA (replicate fleets)
 
     @property
     def aggregate(self) -> list[dict]:
@@ -138,7 +140,7 @@ def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str, *, threshold_pc
 
     ctx = ReportContext(
         sweep=sweep, matrix=matrix, environment=environment(sweep, configs), configs=configs,
-        fleet=queries.fleet_table(con, sweep),
+        fleet=queries.fleet_table(con, sweep), fleet_effects=host_effects(con, sweep),
         entries=items, rankings=sections.rankings(items), standing=sections.standing(items),
         population=sections.populations(items),
         effects=analysis.parameter_effects(configs, runs, matrix, items,
