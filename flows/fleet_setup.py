@@ -68,8 +68,9 @@ def deploy(pool: str = POOL, source: Path = REPO) -> list[str]:
     return [str(i) for i in ids]
 
 
-def ensure_crash_automation() -> str:
-    """Fleet flow runs whose heartbeats stop for CRASH_AFTER_S become Crashed."""
+def ensure_crash_automation(crash_after_s: float = CRASH_AFTER_S) -> str:
+    """Fleet flow runs whose heartbeats stop for ``crash_after_s`` become Crashed (it must exceed
+    the hosts' heartbeat interval, HEARTBEAT_S)."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
@@ -91,16 +92,16 @@ def ensure_crash_automation() -> str:
                     "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
                     "prefect.flow-run.Crashed"},
             for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
-            within=timedelta(seconds=CRASH_AFTER_S)),
+            within=timedelta(seconds=crash_after_s)),
         actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message=f"no heartbeat for {CRASH_AFTER_S} s: its host is gone")])
+                                    message=f"no heartbeat for {crash_after_s:g} s: its host is gone")])
     return str(automation.create().id)
 
 
-def setup(hosts: list[str], pool: str = POOL) -> dict:
+def setup(hosts: list[str], pool: str = POOL, *, crash_after_s: float = CRASH_AFTER_S) -> dict:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         queues = ensure_pool(client, hosts, pool)
     return {"pool": pool, "queues": queues, "deployments": deploy(pool),
-            "automation": ensure_crash_automation()}
+            "automation": ensure_crash_automation(crash_after_s)}

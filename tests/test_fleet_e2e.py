@@ -35,23 +35,20 @@ restart: per_config
 order: grid
 """
 CONFIGS = ("baseline_default", "ctx1024", "ctx2048")
+CRASH_AFTER_S = 40  # the automation's window (90 s in production); heartbeats every 30 s
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, small_corpus):
     if find_pg_bindir() is None:
         pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
-    from tr111.flows.fleet_setup import deploy, ensure_pool
+    from tr111.flows.fleet_setup import setup
 
     base = tmp_path_factory.mktemp("fleet")
     fakes = {h: FakeOllama(FakeTimings(load_ms=20, token_ms=25, tokens=6)).start() for h in HOSTS}
     workers = {}
     with postgres_cluster() as pg, prefect_server(pg.url) as server, prefect_api(server.api_url):
-        from prefect import get_client
-
-        with get_client(sync_client=True) as client:
-            ensure_pool(client, list(HOSTS))
-        deploy()
+        setup(list(HOSTS), crash_after_s=CRASH_AFTER_S)  # what `tr111 fleet setup` does
         try:
             for host in HOSTS:  # the hosts' workers exactly as a lab starts them
                 workers[host] = _tr111_fleet_worker(server.api_url, host, fakes[host].url,
@@ -265,3 +262,48 @@ def test_the_nightly_deployment_runs_the_coordinator_on_the_control_queue(fleet)
     assert "| `ctx1024` | analysis | gpu-a |" in table and "| `ctx1024` | analysis | gpu-b |" in table
     assert "**Host as a factor.** Two-way ANOVA" in table
     assert "| analysis | decode rate | 12 |" in table  # 3 configs x 2 runs x 2 hosts
+
+
+def test_a_dead_host_s_job_is_marked_crashed_by_the_automation_and_finished_elsewhere(fleet):
+    """The whole host dies (its worker and its job, kill -9): nothing reports the job's end, so
+    Prefect would show it Running forever. The heartbeat automation `tr111 fleet setup` creates
+    marks it Crashed; the coordinator re-dispatches the unfinished runs to the other host.
+    Runs last in this module: it restarts gpu-a's worker afterwards."""
+    from tests.fleet_support import _descendants
+
+    victim = fleet["fakes"]["gpu-a"]
+    start = len(victim.requests)
+    killed = []
+
+    def kill_host_a():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if len([r for r in victim.requests[start:] if _measured(r)]) >= 2:
+                worker = fleet["workers"]["gpu-a"]
+                doomed = [worker.pid, *_descendants(worker.pid)]
+                for pid in doomed:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                    except ProcessLookupError:
+                        pass
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_host_a, daemon=True)
+    killer.start()
+    t0 = time.monotonic()
+    try:
+        result, wh, wall = _run_fleet(fleet, "host-dies", "split", report=False, redispatch=2)
+    finally:
+        killer.join(5)
+        fleet["workers"]["gpu-a"].wait(10)
+        fleet["workers"]["gpu-a"] = _tr111_fleet_worker(fleet["server"].api_url, "gpu-a",
+                                                        victim.url, fleet["base"] / "worker-gpu-a-2")
+    print(f"host death: sweep finished {wall:.1f} s after start ({time.monotonic() - t0:.1f} s)")
+    assert killed, "the fault was not injected"
+    assert result["sweeps"] == {"host-dies": "completed"}, rows(wh, "SELECT note FROM sweeps")
+    assert "ended crashed" in one(wh, "SELECT note FROM sweeps")[0]
+    assert one(wh, "SELECT count(*) FROM runs WHERE status = 'ok'") == (6,)
+    assert one(wh, "SELECT count(*) FROM stat_calls") == (12,) and no_duplicate_calls(wh)
+    assert one(wh, "SELECT count(*) FROM runs WHERE host = 'gpu-b'")[0] >= 1  # gpu-b took over
