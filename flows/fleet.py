@@ -89,7 +89,7 @@ def _dispatch(job: fleet_plan.ConfigJob, parameters: dict, deployment: str, firs
     while True:
         child = run_deployment(deployment, parameters=parameters, work_queue_name=job.queue,
                                idempotency_key=job.idempotency_key(round_), timeout=0,
-                               tags=["tr111", "fleet", job.fleet_id])
+                               tags=["tr111", fleet_plan.JOB_TAG, job.fleet_id])
         if child.state is None or not child.state.is_final():
             return child, round_
         round_ += 1  # that dispatch ended before (coordinator rerun): its rows are merged already

@@ -14,12 +14,12 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from tr111.fleet.plan import CONTROL_QUEUE, POOL, SPLIT_QUEUE, host_queue
+from tr111.fleet.plan import CONTROL_QUEUE, JOB_TAG, POOL, SPLIT_QUEUE, host_queue
 
 REPO = Path(__file__).resolve().parents[1]
 HEARTBEAT_S = 30  # Prefect's minimum
 CRASH_AFTER_S = 90  # three missed heartbeats
-AUTOMATION = "tr111-fleet: no heartbeat means the host is gone"
+AUTOMATION = "tr111-fleet: no heartbeat from a host job means its host is gone"
 
 
 def shared_api_url() -> str:
@@ -86,7 +86,9 @@ def ensure_crash_automation(crash_after_s: float = CRASH_AFTER_S) -> str:
         name=AUTOMATION,
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.fleet"},
+            # host jobs only: the coordinator (tagged "fleet") waits on them with the default,
+            # slower heartbeat and must never be taken for a dead host
+            match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{JOB_TAG}"},
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
                     "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",

@@ -31,6 +31,7 @@ POOL = "tr111-fleet"
 CONTROL_QUEUE = "control"  # the coordinator's own flow runs here: never on a host's queue
 SPLIT_QUEUE = "split"
 HOST_FLOW_DEPLOYMENT = "tr111-fleet-config/host"
+JOB_TAG = "fleet-job"  # on every host job: the crash automation watches these, never the coordinator
 Mode = Literal["split", "replicate"]
 
 
