@@ -147,21 +147,6 @@ def test_split_sweep_spreads_configs_over_hosts_and_every_row_lands_once(fleet):
     assert not list((fleet["base"] / "split-1" / "shared" / "shards" / "split-1").glob("*"))  # all merged
 
 
-def test_replicate_sweep_runs_every_config_on_every_host_in_a_sweep_per_host(fleet):
-    result, wh, wall = _run_fleet(fleet, "rep-1", "replicate", report=False)
-    print(f"replicate sweep of {len(CONFIGS)} configs x 2 runs on each of 2 hosts: {wall:.1f} s")
-    assert result["sweeps"] == {"rep-1-gpu-a": "completed", "rep-1-gpu-b": "completed"}
-    assert sorted(rows(wh, "SELECT sweep_id, host, count(*) FROM runs WHERE status = 'ok' GROUP BY ALL")) == [
-        ("rep-1-gpu-a", "gpu-a", 6), ("rep-1-gpu-b", "gpu-b", 6)]
-    assert one(wh, "SELECT count(*) FROM llm_calls WHERE status = 'ok'") == (24,)
-    assert no_duplicate_calls(wh)
-    for fake in fleet["fakes"].values():
-        _never_two_at_once(fake)
-    # each host's sweep describes that host: its server, as the report's environment section shows
-    assert sorted(rows(wh, "SELECT sweep_id, host, engine, fleet_id FROM sweeps")) == [
-        ("rep-1-gpu-a", "gpu-a", "ollama", "rep-1"), ("rep-1-gpu-b", "gpu-b", "ollama", "rep-1")]
-
-
 def test_a_host_whose_job_dies_mid_config_has_its_runs_finished_elsewhere(fleet):
     """Split mode: the flow-run process of one host is killed mid-config (its GPU job crashed);
     the worker marks it Crashed, the coordinator re-dispatches the config's unfinished runs."""
@@ -256,6 +241,14 @@ def test_the_nightly_deployment_runs_the_coordinator_on_the_control_queue(fleet)
     assert sorted(rows(wh, "SELECT sweep_id, status FROM sweeps")) == [
         ("nightly-1-gpu-a", "completed"), ("nightly-1-gpu-b", "completed")]
     assert one(wh, "SELECT count(*) FROM stat_calls") == (24,) and no_duplicate_calls(wh)
+    # replicate: every config on every host, a sweep per host describing that host
+    assert sorted(rows(wh, "SELECT sweep_id, host, count(*) FROM runs WHERE status = 'ok' GROUP BY ALL")) == [
+        ("nightly-1-gpu-a", "gpu-a", 6), ("nightly-1-gpu-b", "gpu-b", 6)]
+    assert sorted(rows(wh, "SELECT sweep_id, host, engine, fleet_id, fleet_mode FROM sweeps")) == [
+        ("nightly-1-gpu-a", "gpu-a", "ollama", "nightly-1", "replicate"),
+        ("nightly-1-gpu-b", "gpu-b", "ollama", "nightly-1", "replicate")]
+    for fake in fleet["fakes"].values():
+        _never_two_at_once(fake)
     report = (folder / "reports" / "nightly-1-gpu-b" / "technical_report.md").read_text()
     assert "### 4.5 Hosts of fleet `nightly-1` (replicate)" in report
     table = report[report.index("### 4.5"):]
