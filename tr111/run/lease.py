@@ -108,6 +108,7 @@ class SweepLease:
     """Held while a sweep runs (``with SweepLease(path, id) as lease``); see the module doc."""
 
     def __init__(self, warehouse_path: Path, sweep_id: str, *, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.warehouse_path = Path(warehouse_path)
         self.folder = leases_dir(warehouse_path)
         self.sweep_id = sweep_id
         self.heartbeat_s = heartbeat_s
@@ -132,8 +133,8 @@ class SweepLease:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise self._refusal(self._read()) from None
-        previous = self._read()
+            raise self._refusal(read_owner(self.warehouse_path, self.sweep_id)) from None
+        previous = read_owner(self.warehouse_path, self.sweep_id)
         if previous is not None and _remote_and_fresh(previous):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
@@ -149,13 +150,6 @@ class SweepLease:
 
     def _refusal(self, owner: Owner | None) -> SweepLeasedError:
         return SweepLeasedError(_refusal_text(self.sweep_id, owner))
-
-    def _read(self) -> Owner | None:
-        try:
-            data = json.loads((self.folder / f"{self.sweep_id}.json").read_text(encoding="utf-8"))
-            return Owner(**data)
-        except (OSError, ValueError, TypeError):
-            return None
 
     def _write(self, owner: Owner) -> None:
         target = self.folder / f"{self.sweep_id}.json"
