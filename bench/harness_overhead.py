@@ -4,10 +4,11 @@ Against the fake Ollama with known timings, in this process (its request records
 ``t_received_ns`` / ``t_first_chunk_ns`` / ``t_done_ns`` on this process's perf_counter
 clock), alternating call by call:
 
-* ``tr111``: ``OllamaClient.generate`` as a sweep records it (``wall_ms``, ``ttft_ms``,
-  ``total_duration_ms`` from the final chunk);
+* ``tr111``: ``OllamaClient.generate`` as a sweep records it (``wall_ms``, ``ttft_ms``
+  stamped at the socket by tr111/ollama/wire.py, ``total_duration_ms`` from the final chunk);
 * ``raw httpx``: the control, a bare ``httpx.Client.stream`` + ``iter_lines`` +
-  ``json.loads`` loop with the same body, stamped the same way;
+  ``json.loads`` loop with the same body, stamped around httpx (before ``stream``, at each
+  parsed line), as tr111 stamped until the wire clock;
 * ``tr111 in a Prefect task`` (with ``--prefect``): the same generate inside a Prefect
   task of a running flow, as the ``llm-call`` task runs it (Prefect's event, log and
   API threads share the GIL with the client), raw control in the same flow.

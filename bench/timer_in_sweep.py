@@ -8,7 +8,8 @@ in a process of its own), CPU-pinned (TR111_PIN_CPUS=auto: the worker -- and, wi
 --server-cpu measure, the fake -- on one core, the orchestrator and Prefect's ephemeral
 server on the others) and not pinned (TR111_PIN_CPUS=off), ``--pairs`` times alternately;
 then once without the worker (the call in the Prefect task's thread). Then, on the same
-server, a bare httpx streaming loop is the control.
+server, two controls: a bare httpx streaming loop stamped around httpx (the issue's control), and
+tr111's own client in a bare loop (the same socket-level stamps as a sweep, without the sweep).
 
 Error per call = recorded TTFT - the server's own time to first chunk. Targets
 (issue 10): median(worker) within 0.3 ms of median(control); p95(worker) <= 2 ms.
@@ -65,8 +66,21 @@ def _sweep(url: str, work: Path, name: str, matrix: Path, worker: bool,
         return con.execute("SELECT prompt, ttft_ms FROM llm_calls WHERE status = 'ok'").fetchall()
 
 
+def _control_wire(url: str, prompts: list[str], model: str, gap_s: float = 0.0) -> list[tuple[str, float]]:
+    """tr111's own client (stamps at the socket) in a bare loop: no sweep, no worker, no Prefect."""
+    from tr111.ollama.client import OllamaClient
+
+    out = []
+    with OllamaClient(url) as client:
+        for prompt in prompts:
+            time.sleep(gap_s)
+            out.append((prompt, client.generate(model, prompt, {"num_predict": 16}).ttft_ms))
+    return out
+
+
 def _control(url: str, prompts: list[str], model: str, gap_s: float = 0.0) -> list[tuple[str, float]]:
-    """Bare httpx streaming calls; ``gap_s`` idles between calls as a sweep does between its calls."""
+    """Bare httpx streaming calls, stamped around httpx (before ``stream``, at each line);
+    ``gap_s`` idles between calls as a sweep does between its calls."""
     import httpx
 
     out = []
@@ -173,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         control = _control(url, [p.replace("timer-worker", "timer-control") for p in prompts], "gemma3:latest")
         spaced = _control(url, [p.replace("timer-worker", "timer-spaced") for p in prompts], "gemma3:latest",
                           gap_s=args.gap_ms / 1000.0)
+        wire = _control_wire(url, [p.replace("timer-worker", "timer-wire") for p in prompts], "gemma3:latest")
+        wire_spaced = _control_wire(url, [p.replace("timer-worker", "timer-wirespaced") for p in prompts],
+                                    "gemma3:latest", gap_s=args.gap_ms / 1000.0)
         with _pinned_server(proc.pid, "auto", args.server_cpu), _pinned_self(plan and plan.measure):
             control_pinned = _control(url, [p.replace("timer-worker", "timer-ctlpin") for p in prompts],
                                       "gemma3:latest") if plan else []
@@ -190,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"raw httpx, {args.gap_ms:g} ms idle between calls": _errors(spaced, server)})
     if control_pinned:
         rows["raw httpx, pinned like the worker"] = _errors(control_pinned, server)
+    rows.update({"tr111 client, bare loop (control)": _errors(wire, server),
+                 f"tr111 client, bare, {args.gap_ms:g} ms idle": _errors(wire_spaced, server)})
     print(machine_line())
     print(f"TTFT error = recorded TTFT - the fake server's own time to first chunk (ms); "
           f"{args.configs + 1} configs x {args.runs} runs x 2 calls per sweep, {args.pairs} pinned/unpinned pair(s)")
@@ -201,10 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:36} {len(values):4d} {median(values):8.3f} {pct(values, 95):8.3f} "
               f"{max(values, default=math.nan):8.3f}")
     floor = median(rows["raw httpx control (same server)"])
+    same_clock = median(rows["tr111 client, bare loop (control)"])
     for label in ("sweep, worker, CPU-pinned", "sweep, worker, not pinned"):
         values = rows[label]
-        print(f"{label}: median - control median {median(values) - floor:+.3f} ms (target <= 0.3); "
-              f"p95 {pct(values, 95):.3f} ms (target <= 2; {pct(values, 95) - floor:+.3f} over the control median)")
+        print(f"{label}: median - raw httpx control {median(values) - floor:+.3f} ms, "
+              f"- tr111 client bare {median(values) - same_clock:+.3f} ms (target <= 0.3); "
+              f"p95 {pct(values, 95):.3f} ms (target <= 2)")
     print(reproduce_line("bench.timer_in_sweep", argv or []))
     return 0
 

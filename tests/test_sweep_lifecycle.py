@@ -131,7 +131,8 @@ def test_sigterm_stops_the_embedded_engine_and_marks_the_sweep_interrupted(tmp_p
         return any("tr111.engine" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")
                    for c in _children(proc.pid) if _alive(c))
 
-    _wait(engine_serving, 120, proc)
+    # the warehouse too: on a loaded host the engine can serve before the sweep has begun
+    _wait(lambda: engine_serving() and wh.exists(), 120, proc)
     time.sleep(3)  # into the first calls
     elapsed, err, children = _interrupt(proc, signal.SIGTERM, group=False)
     assert proc.returncode == 143

@@ -193,3 +193,11 @@ def m006_fleet(con: duckdb.DuckDBPyConnection) -> None:
             sweep_id VARCHAR, host_id VARCHAR, server_url VARCHAR, server_version VARCHAR,
             engine VARCHAR, environment_json VARCHAR, seen_at TIMESTAMPTZ,
             PRIMARY KEY (sweep_id, host_id))""")
+
+
+@migration
+def m007_ttft_clock(con: duckdb.DuckDBPyConnection) -> None:
+    """Where each call's TTFT and wall time were stamped: 'socket' (the wire clock,
+    tr111/ollama/wire.py) or 'client' (around the HTTP client). Earlier rows were stamped
+    around httpx, ~1-2 ms later per call on a 2-core host: NULL, read as 'client'."""
+    con.execute("ALTER TABLE llm_calls ADD COLUMN ttft_clock VARCHAR")

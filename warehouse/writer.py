@@ -51,7 +51,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("gpu_util_mean_pct", F), ("gpu_power_mean_w", F), ("gpu_energy_j", F),
         ("gpu_energy_source", S), ("gpu_temp_max_c", F), ("gpu_sm_clock_mean_mhz", F),
         ("gpu_samples", I), ("host_load1", F), ("host_other_cpu_s", F), ("host_server_cpu_s", F),
-        ("host_harness_cpu_s", F), ("host_contended", B), ("host", S)]),
+        ("host_harness_cpu_s", F), ("host_contended", B), ("host", S), ("ttft_clock", S)]),
     "fleet_hosts": pa.schema([
         ("sweep_id", S), ("host_id", S), ("server_url", S), ("server_version", S), ("engine", S),
         ("environment_json", S), ("seen_at", TS)]),

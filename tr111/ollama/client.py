@@ -1,4 +1,5 @@
-"""Ollama API client: streaming /api/generate stamped with perf_counter_ns.
+"""Ollama API client: streaming /api/generate stamped with perf_counter_ns at the socket
+(tr111/ollama/wire.py: the request's first send, the read that delivered each line).
 
 The client only stamps and parses; it never retries (orchestration does, and
 only for TransientError). httpx's exception tree is mapped here, at the
@@ -36,6 +37,7 @@ import httpx
 from tr111.errors import (ModelNotFoundError, ServerUnavailableError, TerminalError,
                           Tr111Error, TransientError)
 from tr111.ollama.metrics import MAX_COUNT, NS_PER_MS, CallResult, check_final_chunk, has_metrics
+from tr111.ollama.wire import stamps_of, wire_transport
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ class OllamaClient:
         self.call_timeout_s = call_timeout_s
         timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
                                 write=connect_timeout_s, pool=connect_timeout_s)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
+                                  transport=transport if transport is not None else wire_transport())
         _WATCHDOG.ensure_started()  # now, not on the measured path of the first call
 
     @property
@@ -115,8 +118,10 @@ class OllamaClient:
                  keep_alive: str | int | None = None) -> CallResult:
         """One streaming generate; returns a CallResult or raises with ``partial`` set.
 
-        TTFT: request sent -> first chunk whose ``response`` is non-empty.
-        wall: request sent -> final chunk parsed.
+        TTFT: the request's first byte sent -> the read that delivered the first chunk whose
+        ``response`` is non-empty; wall: the same start -> the read that delivered the final
+        chunk. Both are stamped at the socket (tr111/ollama/wire.py); on a transport without
+        a socket (tests' MockTransport) they are stamped around httpx instead.
         """
         body: dict[str, Any] = {"model": model, "prompt": prompt, "stream": True}
         if options:
@@ -136,12 +141,18 @@ class OllamaClient:
             with _mapped_errors("/api/generate"):
                 with self._http.stream("POST", "/api/generate", json=body, timeout=timeout) as resp:
                     guard = _WATCHDOG.arm(resp, deadline_mono, expired)
+                    wire = stamps_of(resp)
+                    if wire is not None and wire.sent_ns is not None:
+                        t0 = wire.sent_ns  # the first byte of this request left here
+                        result.ttft_clock = "socket"
+                    else:
+                        wire = None
                     try:
                         if resp.status_code >= 400:
                             resp.read()
                             _raise_for_status(resp, "/api/generate")
                         for line in resp.iter_lines():
-                            now = time.perf_counter_ns()
+                            now = time.perf_counter_ns() if wire is None else wire.received_ns
                             if now - t0 > deadline_ns:
                                 raise TransientError(
                                     f"call exceeded its {self.call_timeout_s:g} s deadline")

@@ -143,6 +143,9 @@ class CallResult:
     response: str = ""
     ttft_ms: float | None = None
     wall_ms: float | None = None
+    # where ttft_ms and wall_ms were stamped: "socket" (tr111/ollama/wire.py) or "client"
+    # (around httpx: a transport without a socket, and every row recorded before the wire clock)
+    ttft_clock: str = "client"
     chunks: int = 0
     server: ServerMetrics = field(default_factory=ServerMetrics)
     status: str = "ok"
@@ -160,7 +163,8 @@ class CallResult:
         return {
             "model": self.model, "prompt": self.prompt, "response": self.response,
             "options": self.options, "started_at": self.started_at,
-            "ttft_ms": self.ttft_ms, "wall_ms": self.wall_ms, "chunks": self.chunks,
+            "ttft_ms": self.ttft_ms, "wall_ms": self.wall_ms, "ttft_clock": self.ttft_clock,
+            "chunks": self.chunks,
             "status": self.status, "error": self.error,
             "throughput_tps": self.throughput_tps, "gpu": self.gpu, "host": self.host, **server,
         }

@@ -137,6 +137,7 @@ def build_context(con: duckdb.DuckDBPyConnection, sweep_id: str, *, threshold_pc
     counts["cold_calls"] = sum(e["cold_calls"] for e in items)
     counts["total_tokens"] = sum(e["total_tokens"] or 0 for e in items)
     counts["truncated_configs"] = [e["config_id"] for e in items if e["truncated"]]
+    counts["ttft_clocks"] = queries.ttft_clocks(con, sweep_id)
 
     ctx = ReportContext(
         sweep=sweep, matrix=matrix, environment=environment(sweep, configs), configs=configs,

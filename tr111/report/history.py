@@ -33,6 +33,13 @@ def _change(measure: Measure, base: dict | None, cand: dict | None, threshold_pc
                     note="⚠ truncated prompt in " + " and ".join(
                         name for name, side in (("the baseline", base), ("the candidate", cand))
                         if side.get("truncated")) + ": TTFT not compared")
+    elif (measure.metric.key == "ttft" and base.get("clock") and cand.get("clock")
+          and base["clock"] != cand["clock"]):
+        # stamped at the socket in one sweep and around the HTTP client in the other: the
+        # difference would be the clock's (~1-2 ms), not the server's
+        w = replace(w, t=None, df=None, p_value=None, ci95_low=None, ci95_high=None, significant=False,
+                    note=f"⚠ TTFT clocks differ (baseline: {base['clock']}, candidate: {cand['clock']}; "
+                         "docs/performance.md section 7): TTFT not compared")
     verdict = regression_verdict(w, higher_is_better=measure.higher_is_better,
                                  threshold_pct=threshold_pct, alpha=alpha)
     return {"baseline_mean": w.mean_b, "candidate_mean": w.mean_a,

@@ -21,6 +21,7 @@ from tr111.warehouse.reader import rows
 WARM = "NOT coalesce(is_cold, false)"
 COLD = "coalesce(is_cold, false)"
 TRUNCATED = "coalesce(truncated, false)"
+CLOCK = "coalesce(ttft_clock, 'client')"  # rows from before the wire clock: stamped around httpx
 # prefill rate (tok/s, Ollama's "prompt eval rate") and the client's part of TTFT, per call
 PREFILL = ("(CASE WHEN prompt_eval_duration_ms > 0 THEN prompt_eval_count * 1000.0 / prompt_eval_duration_ms"
            " END)")
@@ -122,13 +123,20 @@ def stage_stats(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict[str, dict
     return out
 
 
+def ttft_clocks(con: duckdb.DuckDBPyConnection, sweep_id: str) -> list[str]:
+    """Where the sweep's TTFTs were stamped: 'client' and/or 'socket' (tr111/ollama/wire.py)."""
+    return [r[0] for r in con.execute(
+        f"SELECT DISTINCT {CLOCK} FROM stat_calls WHERE sweep_id = ? ORDER BY 1", [sweep_id]).fetchall()]
+
+
 def run_stats(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict[str, dict[str, dict]]:
     """Per config and measure key (metrics.Measure.key): the logs of the run means, summarised.
 
     Runs are the independent replicates, so tests (ANOVA, Welch, regressions)
     use these, on the log scale (tr111.stats.inference); ``mean``/``sd`` are of
     ln(run mean), ``ss`` their sum of squared deviations, ``truncated`` counts the
-    stage's calls whose prompt was truncated.
+    stage's calls whose prompt was truncated, ``clock`` says where their TTFTs were stamped
+    ('socket', 'client' or 'mixed'; tr111/ollama/wire.py).
     """
     parts = []
     for key in ("decode", "prefill", "ttft"):
@@ -138,15 +146,18 @@ def run_stats(con: duckdb.DuckDBPyConnection, sweep_id: str) -> dict[str, dict[s
     sql = f"""
         WITH r AS (
             SELECT config_id, stage, run_number, avg(throughput_tps) AS decode, avg({PREFILL}) AS prefill,
-                   avg(ttft_ms) FILTER (WHERE {WARM}) AS ttft, count(*) FILTER (WHERE {TRUNCATED}) AS truncated
+                   avg(ttft_ms) FILTER (WHERE {WARM}) AS ttft, count(*) FILTER (WHERE {TRUNCATED}) AS truncated,
+                   min({CLOCK}) AS clock_lo, max({CLOCK}) AS clock_hi
             FROM stat_calls WHERE sweep_id = ? GROUP BY config_id, stage, run_number)
-        SELECT config_id, stage, sum(truncated) AS truncated, {', '.join(parts)} FROM r GROUP BY config_id, stage"""
+        SELECT config_id, stage, sum(truncated) AS truncated, min(clock_lo) AS clock_lo, max(clock_hi) AS clock_hi,
+               {', '.join(parts)} FROM r GROUP BY config_id, stage"""
     out: dict[str, dict[str, dict]] = {}
     for r in rows(con, sql, [sweep_id]):
         for key in ("decode", "prefill", "ttft"):
             out.setdefault(r["config_id"], {})[f"{key}_{r['stage']}"] = {
                 "n": r[f"{key}_n"], "mean": r[f"{key}_mean"], "sd": r[f"{key}_sd"], "ss": r[f"{key}_ss"] or 0.0,
-                "truncated": int(r["truncated"] or 0)}
+                "truncated": int(r["truncated"] or 0),
+                "clock": r["clock_lo"] if r["clock_lo"] == r["clock_hi"] else "mixed"}
     return out
 
 
