@@ -30,14 +30,15 @@ from tr111.errors import TerminalError
 
 
 class WireStamps:
-    """The last request start and the last read of one connection (perf_counter_ns)."""
+    """One connection's stamps (perf_counter_ns): its current request's first send, its last read,
+    and whether a request is being written (reset by the next read)."""
 
-    __slots__ = ("sent_ns", "received_ns", "_sending")
+    __slots__ = ("sent_ns", "received_ns", "writing")
 
     def __init__(self) -> None:
         self.sent_ns: int | None = None
         self.received_ns: int | None = None
-        self._sending = False
+        self.writing = False
 
 
 class _StampedStream(httpcore.NetworkStream):
@@ -51,13 +52,13 @@ class _StampedStream(httpcore.NetworkStream):
         data = self._inner.read(max_bytes, timeout)
         stamps = self.stamps
         stamps.received_ns = time.perf_counter_ns()
-        stamps._sending = False
+        stamps.writing = False
         return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         stamps = self.stamps
-        if not stamps._sending:
-            stamps._sending = True
+        if not stamps.writing:
+            stamps.writing = True
             stamps.sent_ns = time.perf_counter_ns()
         self._inner.write(buffer, timeout)
 
