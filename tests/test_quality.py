@@ -136,6 +136,15 @@ def test_number_grounding_rule(number, grounded):
     assert is_grounded(number, SourceNumbers(SOURCE)) is grounded
 
 
+def test_a_number_with_more_decimals_than_decimal_can_hold_is_judged_not_raised():
+    """Found by the quick sweep on the embedded engine: the model wrote a number with ~25
+    decimals, rounding the source's 123456789 to that many places overflowed Decimal's 28
+    digits, and the whole report failed with decimal.InvalidOperation."""
+    source = SourceNumbers("rows: 123456789, mean 114.53")
+    assert is_grounded("0.0000000000000000000000001", source) is False
+    assert is_grounded("123456789.0000000000000000000000", source) is True
+
+
 def test_number_extraction_skips_identifiers_numbering_and_single_digits():
     text = "## 2.1 Results\n3. gpu60_ctx256 ran 3 times at 114.5 tok/s (1,234 tokens, 812ms, 12.5%)\n"
     assert extract_numbers(text) == ["114.5", "1234", "812", "12.5"]

@@ -216,7 +216,10 @@ class SourceNumbers:
             bucket: set[Decimal] = set()
             for value in self.values:
                 for mode in (ROUND_HALF_UP, ROUND_HALF_EVEN):
-                    bucket.add(value.quantize(quantum, rounding=mode).normalize())
+                    try:
+                        bucket.add(value.quantize(quantum, rounding=mode).normalize())
+                    except InvalidOperation:  # more digits than Decimal's precision (a model
+                        bucket.add(value)     # wrote 1e-25): to that many places it is itself
             self._rounded[places] = bucket
         return self._rounded[places]
 
