@@ -71,7 +71,8 @@ def test_generate_times_from_the_socket_and_never_below_the_servers_own_time(fak
     for (result, outer_ns), rec in zip(results, _generations(fake)):
         assert result.status == "ok" and result.ttft_clock == "socket"
         server_ttft_ms = (rec["t_first_chunk_ns"] - rec["t_received_ns"]) / 1e6
-        assert server_ttft_ms <= result.ttft_ms < result.wall_ms <= outer_ns / 1e6
+        # <= : the first token and the final chunk can arrive in one read
+        assert server_ttft_ms <= result.ttft_ms <= result.wall_ms <= outer_ns / 1e6
         assert result.as_row()["ttft_clock"] == "socket"
 
 
