@@ -27,19 +27,20 @@ def _change(measure: Measure, base: dict | None, cand: dict | None, threshold_pc
     cand = cand or {"n": 0, "mean": None, "sd": None}
     w = log_welch_from_stats(cand["mean"], cand["sd"], cand["n"], base["mean"], base["sd"], base["n"],
                              alpha=alpha)
+    reason = None
     if measure.metric.same_prompt and (base.get("truncated") or cand.get("truncated")):
-        # a truncated prompt in either sweep: the TTFTs answer different prompts, so no verdict
-        w = replace(w, t=None, df=None, p_value=None, ci95_low=None, ci95_high=None, significant=False,
-                    note="⚠ truncated prompt in " + " and ".join(
-                        name for name, side in (("the baseline", base), ("the candidate", cand))
-                        if side.get("truncated")) + ": TTFT not compared")
+        # a truncated prompt in either sweep: the TTFTs answer different prompts
+        reason = "truncated prompt in " + " and ".join(
+            name for name, side in (("the baseline", base), ("the candidate", cand)) if side.get("truncated"))
     elif (measure.metric.key == "ttft" and base.get("clock") and cand.get("clock")
           and base["clock"] != cand["clock"]):
         # stamped at the socket in one sweep and around the HTTP client in the other: the
         # difference would be the clock's (~1-2 ms), not the server's
+        reason = (f"TTFT clocks differ (baseline: {base['clock']}, candidate: {cand['clock']}; "
+                  "docs/performance.md section 7)")
+    if reason:  # no verdict
         w = replace(w, t=None, df=None, p_value=None, ci95_low=None, ci95_high=None, significant=False,
-                    note=f"⚠ TTFT clocks differ (baseline: {base['clock']}, candidate: {cand['clock']}; "
-                         "docs/performance.md section 7): TTFT not compared")
+                    note=f"⚠ {reason}: TTFT not compared")
     verdict = regression_verdict(w, higher_is_better=measure.higher_is_better,
                                  threshold_pct=threshold_pct, alpha=alpha)
     return {"baseline_mean": w.mean_b, "candidate_mean": w.mean_a,
