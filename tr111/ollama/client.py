@@ -142,11 +142,9 @@ class OllamaClient:
                 with self._http.stream("POST", "/api/generate", json=body, timeout=timeout) as resp:
                     guard = _WATCHDOG.arm(resp, deadline_mono, expired)
                     wire = stamps_of(resp)
-                    if wire is not None and wire.sent_ns is not None:
+                    if wire is not None:
                         t0 = wire.sent_ns  # the first byte of this request left here
                         result.ttft_clock = "socket"
-                    else:
-                        wire = None
                     try:
                         if resp.status_code >= 400:
                             resp.read()

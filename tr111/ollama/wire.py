@@ -104,6 +104,9 @@ def wire_transport() -> httpx.HTTPTransport:
 
 
 def stamps_of(response: httpx.Response) -> WireStamps | None:
-    """The wire stamps of the connection that carries ``response`` (None on other transports)."""
+    """The wire stamps of the connection that carries ``response``; None on other transports
+    (and on a stamped one that never wrote a request)."""
     stream = response.extensions.get("network_stream")
-    return stream.stamps if isinstance(stream, _StampedStream) else None
+    if isinstance(stream, _StampedStream) and stream.stamps.sent_ns is not None:
+        return stream.stamps
+    return None
