@@ -83,7 +83,7 @@ class Browser:
 
     def __init__(self, binary: str, width: int = 1600, height: int = 1400):
         self.port = free_port()
-        self.profile = tempfile.TemporaryDirectory(prefix="tr111-chromium-")
+        self.profile = tempfile.TemporaryDirectory(prefix="tr111-chromium-", ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
             [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile.name}",
              f"--remote-debugging-port={self.port}", "--remote-debugging-address=127.0.0.1",
@@ -148,7 +148,17 @@ class Browser:
         return target
 
     def close(self) -> None:
+        """Stop Chromium and every helper process it forked, then remove the profile.
+
+        Chromium's renderer and utility processes outlive the browser process
+        for a moment and keep writing into the profile (``Default/``); removing it
+        before the whole process group is gone fails with "Directory not empty".
+        """
         try:
+            try:
+                self.call("Browser.close")
+            except Exception:  # noqa: BLE001 - the browser may already be gone
+                pass
             self.ws.close()
         finally:
             self.proc.terminate()
@@ -156,7 +166,35 @@ class Browser:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-            self.profile.cleanup()
+                self.proc.wait(10)
+            _stop_group(self.proc.pid)
+            for attempt in range(10):
+                try:
+                    shutil.rmtree(self.profile.name)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if attempt == 9:
+                        print(f"warning: could not remove {self.profile.name}", file=sys.stderr)
+                    time.sleep(0.5)
+
+
+def _stop_group(pgid: int) -> None:
+    """SIGKILL whatever is left of the process group Chromium led (start_new_session=True)."""
+    import signal
+
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
 
 
 def run_sweeps(args, api_url: str, work: Path) -> dict:
