@@ -17,6 +17,7 @@ from tr111.flows.report import tr111_report
 from tr111.flows.run import task_count, tr111_run
 from tr111.run import plan as planning, sweep
 from tr111.run.context import open_sweep
+from tr111.run.interrupts import raise_if_interrupted
 from tr111.settings import Settings
 from tr111.tasks import artifacts
 
@@ -56,6 +57,7 @@ def tr111_sweep(matrix: str = "quick", sweep_id: str | None = None,
                     sweep.after_run(ctx, key, row, start.todo[index:], failed)
                     artifacts.advance_progress(progress_id, start.done + index + 1, start.total,
                                                last=key.name, status=row["status"])
+                raise_if_interrupted()  # a signal during the last run, swallowed on the way
         except SweepIncompleteError as exc:
             sweep.finish(ctx, "incomplete", str(exc))
             raise

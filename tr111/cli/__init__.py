@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from contextlib import contextmanager
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -131,9 +130,10 @@ def cmd_sweep(args) -> int:
         args.sweep_id = new_sweep_id()  # named now, so an interrupted sweep can say how to resume
     _preflight(args)
     from tr111.flows.prefect_server import own_prefect_server
+    from tr111.run.interrupts import latched_signals
     from tr111.flows.sweep import tr111_sweep
 
-    with _signals_as_exceptions(), own_prefect_server(), progress_display():
+    with latched_signals(), own_prefect_server(), progress_display():
         result = tr111_sweep(matrix=args.matrix, sweep_id=args.sweep_id, ollama_url=args.ollama_url,
                              engine=args.engine, model=args.model, runs=args.runs,
                              restart=args.restart, corpus=args.corpus, warehouse=args.warehouse,
@@ -146,29 +146,6 @@ def cmd_sweep(args) -> int:
     if result.get("report"):
         print(f"report: {result['report']}")
     return EXIT_OK if result["status"] == "completed" else EXIT_FAILED
-
-
-@contextmanager
-def _signals_as_exceptions():
-    """SIGTERM raises tr111.errors.Interrupted in the main thread, as Ctrl-C raises
-    KeyboardInterrupt: the call in flight is abandoned, every ``with`` block (engine, worker,
-    Prefect server, lease) closes on the way out, and main() prints one line."""
-    import signal
-
-    from tr111.errors import Interrupted
-
-    def on_term(signum, frame):
-        raise Interrupted(signum)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread (an embedding caller): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _preflight(args) -> None:

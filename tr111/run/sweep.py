@@ -18,6 +18,7 @@ from tr111.errors import (ConfigError, ServerUnavailableError, StorageError, Swe
 from tr111.ingest.corpus import check_corpus
 from tr111.matrix import load_matrix
 from tr111.run import hostload, lease, plan as planning
+from tr111.run.interrupts import raise_if_interrupted
 from tr111.run.context import SweepContext
 from tr111.run.environment import detect_environment
 from tr111.run.plan import RunKey, SweepRequest
@@ -145,7 +146,10 @@ def begin(ctx: SweepContext, request: SweepRequest) -> SweepStart:
 
 
 def before_run(ctx: SweepContext, key: RunKey) -> None:
-    """With --quiet-host: wait (bounded) until other processes leave the CPUs alone."""
+    """A signal that arrived during the last run ends the sweep here, even if Prefect swallowed
+    its exception (tr111.run.interrupts); with --quiet-host, wait (bounded) until other
+    processes leave the CPUs alone."""
+    raise_if_interrupted()
     if not ctx.plan.quiet_host:
         return
     quiet, waited = hostload.wait_for_quiet(ctx.server_pid(), ctx.plan.quiet_host_timeout_s)
