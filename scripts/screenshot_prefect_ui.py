@@ -214,7 +214,7 @@ def run_sweeps(args, api_url: str, work: Path) -> dict:
     with fake or nullcontext():
         for night in range(1, args.nights + 1):
             result = sweep_module.tr111_sweep(
-                matrix="quick", sweep_id=f"ui-{int(time.time())}-{night}",
+                matrix=args.matrix, sweep_id=f"ui-{int(time.time())}-{night}",
                 ollama_url=fake.url if fake else None, engine="ollama" if fake else None,
                 warehouse=str(work / "wh.duckdb"), out=str(work / "reports"))
             results.append(result)
@@ -225,6 +225,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fake", action="store_true", help="use tr111's fake Ollama (fast)")
     parser.add_argument("--nights", type=int, default=2, help="sweeps to run (>= 2: a regression check)")
+    parser.add_argument("--matrix", default="quick", help="sweep matrix: a name under sweeps/ or a YAML path")
     parser.add_argument("--out-dir", type=Path, help="where the PNGs go (default: reports/ui-screenshots)")
     parser.add_argument("--keep", action="store_true", help="leave the Prefect server running")
     args = parser.parse_args()

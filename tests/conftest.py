@@ -21,6 +21,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("OLLAMA_HOST", None)
 
+import prefect_db  # noqa: E402  (tests/ is on sys.path: rootdir-style conftest import)
+
 
 @pytest.fixture
 def fake_ollama():
@@ -48,11 +50,36 @@ def small_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory):
-    """A throw-away Prefect API (prefect_test_harness) with PREFECT_HOME in a temp folder."""
-    from prefect.testing.utilities import prefect_test_harness
+    """A throw-away Prefect API (prefect_test_harness) with PREFECT_HOME in a temp folder.
 
-    with prefect_test_harness(server_startup_timeout=180):
+    Its database starts as a copy of the migrated one (tests/prefect_db.py): the harness makes
+    its folder with ``mkdtemp`` and opens ``prefect-test.db`` there, so the copy is put in first.
+    """
+    import prefect.testing.utilities as harness
+
+    real_mkdtemp = harness.mkdtemp
+
+    def seeded_mkdtemp(*args, **kwargs):
+        folder = real_mkdtemp(*args, **kwargs)
+        prefect_db.seed(Path(folder) / "prefect-test.db")
+        return folder
+
+    harness.mkdtemp = seeded_mkdtemp
+    try:
+        context = harness.prefect_test_harness(server_startup_timeout=180)
+        context.__enter__()
+    finally:
+        harness.mkdtemp = real_mkdtemp
+    try:
         yield Path(_PREFECT_HOME)
+    finally:
+        context.__exit__(None, None, None)
+
+
+def pytest_configure(config):
+    """The default database of every server ``tr111 sweep`` starts for itself in this process's
+    PREFECT_HOME starts migrated (built once by the xdist controller, which configures first)."""
+    prefect_db.seed(Path(_PREFECT_HOME) / "prefect.db")
 
 
 def pytest_addoption(parser):
