@@ -78,7 +78,17 @@ def prefect_harness(tmp_path_factory):
 
 def pytest_configure(config):
     """The default database of every server ``tr111 sweep`` starts for itself in this process's
-    PREFECT_HOME starts migrated (built once by the xdist controller, which configures first)."""
+    PREFECT_HOME starts migrated (built once by the xdist controller, which configures first).
+
+    Ctrl-C reaches the processes the tests start, however the suite was launched: a shell
+    without job control starts a background job (``pytest ... &`` in a script) with SIGINT
+    ignored, every child inherits that, and the tests that send SIGINT (the fake's command
+    line, the sweep's Ctrl-C) then wait for processes that never hear it.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     prefect_db.seed(Path(_PREFECT_HOME) / "prefect.db")
 
 

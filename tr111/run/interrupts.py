@@ -34,11 +34,13 @@ class InterruptLatch:
 
 @contextmanager
 def latched_signals() -> Iterator[InterruptLatch | None]:
-    """SIGINT and SIGTERM raise Interrupted and are remembered inside the block; outside the
-    main thread (an embedding caller) signals are left alone and None is yielded."""
+    """SIGINT and SIGTERM raise Interrupted and are remembered inside the block, unless the
+    caller ignores them; outside the main thread (an embedding caller) signals are left alone
+    and None is yielded."""
     latch = InterruptLatch()
-    try:
-        previous = {sig: signal.signal(sig, latch) for sig in SIGNALS}
+    try:  # a signal the caller ignores stays ignored (a background job of a script ignores SIGINT)
+        previous = {sig: signal.signal(sig, latch) for sig in SIGNALS
+                    if signal.getsignal(sig) is not signal.SIG_IGN}
     except ValueError:  # not the main thread
         yield None
         return
