@@ -55,7 +55,7 @@ def fleet(tmp_path_factory, small_corpus):
             # the coordinator's own queue: `prefect deployment run tr111-fleet/nightly` lands here
             workers["control"] = start_worker(
                 server.api_url, "tr111-fleet", ["control"], "control",
-                env={"TR111_GPU_TELEMETRY": "false"}, prefect_home=base / "worker-control")
+                env={"TR111_GPU_TELEMETRY": "false"}, prefect_home=base / "worker-control", query_seconds=2)
             yield {"base": base, "fakes": fakes, "workers": workers, "server": server,
                    "corpus": small_corpus}
         finally:
@@ -75,7 +75,7 @@ def _tr111_fleet_worker(api_url: str, host: str, ollama_url: str, home: Path):
 
     home.mkdir(parents=True, exist_ok=True)
     env = prefect_child_env(PREFECT_API_URL=api_url, PREFECT_HOME=str(home),
-                            PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1",
+                            PREFECT_WORKER_PREFETCH_SECONDS="1",  # polls every 2 s, as `tr111 fleet worker` sets
                             TR111_GPU_TELEMETRY="false", TR111_RETRY_BACKOFF_S="0.01",
                             TR111_ENGINE="ollama")
     with open(home / "worker.log", "ab") as log:
