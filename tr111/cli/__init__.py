@@ -130,8 +130,8 @@ def cmd_sweep(args) -> int:
         args.sweep_id = new_sweep_id()  # named now, so an interrupted sweep can say how to resume
     _preflight(args)
     from tr111.flows.prefect_server import own_prefect_server
-    from tr111.run.interrupts import latched_signals
     from tr111.flows.sweep import tr111_sweep
+    from tr111.run.interrupts import latched_signals
 
     with latched_signals(), own_prefect_server(), progress_display():
         result = tr111_sweep(matrix=args.matrix, sweep_id=args.sweep_id, ollama_url=args.ollama_url,
