@@ -155,10 +155,6 @@ class Browser:
         before the whole process group is gone fails with "Directory not empty".
         """
         try:
-            try:
-                self.call("Browser.close")
-            except Exception:  # noqa: BLE001 - the browser may already be gone
-                pass
             self.ws.close()
         finally:
             self.proc.terminate()
@@ -168,16 +164,7 @@ class Browser:
                 self.proc.kill()
                 self.proc.wait(10)
             _stop_group(self.proc.pid)
-            for attempt in range(10):
-                try:
-                    shutil.rmtree(self.profile.name)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    if attempt == 9:
-                        print(f"warning: could not remove {self.profile.name}", file=sys.stderr)
-                    time.sleep(0.5)
+            self.profile.cleanup()  # ignore_cleanup_errors: a leftover temp folder is no failure
 
 
 def _stop_group(pgid: int) -> None:

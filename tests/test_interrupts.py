@@ -80,7 +80,7 @@ def test_a_sigint_prefect_swallows_after_a_run_completed_still_stops_the_sweep(
         generate_calls = fake.generate_calls
     assert sent and latch.signum == signal.SIGINT and raised.value.signum == signal.SIGINT
     wh = paths["warehouse"]
-    assert one(wh, "SELECT status, note FROM sweeps")[0] == "interrupted"
-    assert one(wh, "SELECT note FROM sweeps")[0].startswith("interrupted by SIGINT")
+    status, note = one(wh, "SELECT status, note FROM sweeps")
+    assert status == "interrupted" and note.startswith("interrupted by SIGINT")
     assert one(wh, "SELECT count(*) FROM runs") == (1,)  # the run that completed, no other
     assert generate_calls == 2  # its analysis and report calls: the second run never started
